@@ -1,0 +1,122 @@
+//! The response body: the inner service's own, with any prefix a classifier read put back.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The body of a response that passed through [`Refresh`](crate::Refresh).
+    ///
+    /// It is the inner service's body unchanged, except when a
+    /// [`ClassifyRejection`](crate::classify::ClassifyRejection) read a prefix of it to decide:
+    /// then the frames it read come first, as they were, and the rest follows.
+    pub struct RefreshBody<B>
+    where
+        B: Body,
+    {
+        read: VecDeque<Frame<B::Data>>,
+        #[pin]
+        inner: Inner<B>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<B> {
+        // The common case: the body as the service returned it, not moved since.
+        Plain { #[pin] body: B },
+        // A body that was polled before it was handed back, so it lives in a box.
+        Boxed { body: Pin<Box<B>> },
+    }
+}
+
+impl<B: Body> RefreshBody<B> {
+    pub(crate) fn new(body: B) -> Self {
+        RefreshBody {
+            read: VecDeque::new(),
+            inner: Inner::Plain { body },
+        }
+    }
+
+    pub(crate) fn with_read_frames(read: VecDeque<Frame<B::Data>>, body: Pin<Box<B>>) -> Self {
+        RefreshBody {
+            read,
+            inner: Inner::Boxed { body },
+        }
+    }
+
+    fn inner_ref(&self) -> &B {
+        match &self.inner {
+            Inner::Plain { body } => body,
+            Inner::Boxed { body } => body,
+        }
+    }
+}
+
+impl<B: Body> Body for RefreshBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if let Some(frame) = this.read.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match this.inner.project() {
+            InnerProj::Plain { body } => body.poll_frame(cx),
+            InnerProj::Boxed { body } => body.as_mut().poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.inner_ref().is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let read: u64 = self
+            .read
+            .iter()
+            .filter_map(Frame::data_ref)
+            .map(|data| data.remaining() as u64)
+            .sum();
+        let inner = self.inner_ref().size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + read);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + read);
+        }
+        hint
+    }
+}
+
+impl<B: Body> std::fmt::Debug for RefreshBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshBody")
+            .field("read_frames", &self.read.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    #[tokio::test]
+    async fn read_frames_come_first_then_the_rest() {
+        let read = VecDeque::from([Frame::data(Bytes::from_static(b"{\"err"))]);
+        let rest = Box::pin(Full::new(Bytes::from_static(b"or\":1}")));
+        let body = RefreshBody::with_read_frames(read, rest);
+        assert_eq!(body.size_hint().exact(), Some(11));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"{\"error\":1}");
+    }
+}

@@ -1,0 +1,276 @@
+//! The single-flight refresh: one detached task per refresh, whose outcome every waiter shares.
+//!
+//! The task is spawned, not polled by a caller, because a caller may be dropped at any time:
+//! with rotation, a refresh cancelled after the server rotated the token would lose the only
+//! valid refresh token.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::HeaderValue;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{Outcome, Schedule, Slot, Snapshot, Token, TokenCell};
+use crate::error::{RefreshError, TransientError, TransientKind};
+use crate::source::TokenRequest;
+use crate::token::{AccessToken, RefreshToken, TokenSet};
+
+type Flight = watch::Receiver<Option<Outcome>>;
+
+/// Waits for a refresh's outcome. Dropping this future does not cancel the refresh.
+pub(super) async fn wait(mut flight: Flight) -> Outcome {
+    match flight.wait_for(Option::is_some).await {
+        Ok(outcome) => outcome
+            .clone()
+            .unwrap_or_else(|| Err(TransientError::new(TransientKind::Aborted).into())),
+        // The task ended without an outcome: its guard normally sends one, so this is a
+        // runtime shutting down.
+        Err(_) => Err(TransientError::new(TransientKind::Aborted).into()),
+    }
+}
+
+impl TokenCell {
+    /// Puts a new refresh in the slot and spawns it. Call under the slot's mutex, within a
+    /// tokio runtime.
+    pub(super) fn start_flight(
+        self: &Arc<Self>,
+        slot: &mut Slot,
+        delay_until: Option<Instant>,
+        trigger: &'static str,
+    ) -> Flight {
+        let (sender, flight) = watch::channel(None);
+        slot.flight = Some(flight.clone());
+        self.update_snapshot(|s| s.refreshing = true);
+        let guard = FlightGuard {
+            cell: self.clone(),
+            sender: Some(sender),
+        };
+        tokio::spawn(guard.run(delay_until, trigger));
+        flight
+    }
+
+    /// Replaces the snapshot with an edited copy. Call under the slot's mutex.
+    fn update_snapshot(&self, edit: impl FnOnce(&mut Snapshot)) {
+        let current = self.snapshot.load();
+        let mut next = Snapshot {
+            token: current.token.clone(),
+            refreshing: current.refreshing,
+            background_not_before: current.background_not_before,
+        };
+        edit(&mut next);
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Calls the source, resending transient failures it says are safe to resend, with
+    /// backoff, until the refresh's deadline. Returns the token set and when its request
+    /// was sent (lifetimes count from then).
+    async fn fetch(
+        &self,
+        schedule: &Schedule,
+        refresh_token: Option<RefreshToken>,
+    ) -> Result<(TokenSet, Instant), RefreshError> {
+        let deadline = Instant::now() + schedule.refresh_timeout;
+        let mut attempt = 1;
+        loop {
+            tracing::Span::current().record("attempt", attempt);
+            let request = TokenRequest {
+                refresh_token: refresh_token.clone(),
+                attempt,
+            };
+            let sent_at = Instant::now();
+            let result = tokio::time::timeout_at(deadline, self.source.fetch(request)).await;
+            let error = match result {
+                Ok(Ok(set)) => return Ok((set, sent_at)),
+                Ok(Err(error)) => error,
+                Err(_elapsed) => {
+                    return Err(TransientError::new(TransientKind::Timeout)
+                        .resend_safe(false)
+                        .into());
+                }
+            };
+            let RefreshError::Transient(transient) = &error else {
+                return Err(error);
+            };
+            let pause = schedule.backoff(attempt, transient.retry_after_hint(), fastrand::f64());
+            if !transient.is_resend_safe()
+                || attempt >= schedule.max_attempts
+                || Instant::now() + pause >= deadline
+            {
+                return Err(error);
+            }
+            tracing::debug!(attempt, error = %error, pause_ms = pause.as_millis() as u64, "token request failed; resending");
+            tokio::time::sleep(pause).await;
+            attempt += 1;
+        }
+    }
+
+    /// Records a refresh's result: a new token and generation, or a cooldown. Call under
+    /// the slot's mutex; releases the slot for the next refresh.
+    fn settle(
+        &self,
+        slot: &mut Slot,
+        result: Result<(TokenSet, Instant), RefreshError>,
+    ) -> Outcome {
+        let now = Instant::now();
+        let outcome = match result {
+            Ok((set, sent_at)) => self.install(slot, set, sent_at),
+            Err(error) => Err(error),
+        };
+        match &outcome {
+            Ok(_) => {
+                slot.failures_in_a_row = 0;
+                slot.cooldown_until = None;
+                slot.last_error = None;
+            }
+            Err(error) => {
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                if matches!(error, RefreshError::Reauth(_)) {
+                    self.counters.reauths.fetch_add(1, Ordering::Relaxed);
+                }
+                slot.failures_in_a_row += 1;
+                let cooldown = slot.schedule.cooldown(
+                    slot.failures_in_a_row,
+                    error.retry_after(),
+                    fastrand::f64(),
+                );
+                slot.cooldown_until = Some(now + cooldown);
+                slot.last_error = Some(error.clone());
+            }
+        }
+        slot.flight = None;
+        let min_interval_end = slot.last_started.map(|at| at + slot.schedule.min_interval);
+        let not_before = min_interval_end.max(slot.cooldown_until);
+        let token = outcome.as_ref().ok().cloned();
+        self.update_snapshot(|s| {
+            if token.is_some() {
+                s.token = token;
+            }
+            s.refreshing = false;
+            s.background_not_before = not_before;
+        });
+        outcome
+    }
+
+    /// Turns a token set into the cell's next token. The refresh token is kept first, so
+    /// that an access token unfit for a header never costs the refresh token that came
+    /// with it.
+    fn install(&self, slot: &mut Slot, set: TokenSet, sent_at: Instant) -> Outcome {
+        let TokenSet {
+            access_token,
+            refresh_token,
+            expires_in,
+            ..
+        } = set;
+        if let Some(refresh_token) = refresh_token {
+            slot.refresh_token = Some(refresh_token);
+        }
+        let header = bearer_header(&access_token)?;
+        slot.last_generation += 1;
+        Ok(Token {
+            generation: slot.last_generation,
+            header,
+            expires_at: expires_in.map(|lifetime| sent_at + lifetime),
+            refresh_at: expires_in
+                .map(|lifetime| slot.schedule.refresh_at(sent_at, lifetime, fastrand::f64())),
+            rejected: false,
+        })
+    }
+
+    /// Installs a token set obtained elsewhere (after a new sign-in), as if a refresh sent
+    /// just now had returned it. Clears the cooldown and the last error.
+    pub(crate) fn seed(&self, set: TokenSet) -> Result<(), RefreshError> {
+        let mut slot = self.lock_slot();
+        let outcome = self.install(&mut slot, set, Instant::now())?;
+        slot.failures_in_a_row = 0;
+        slot.cooldown_until = None;
+        slot.last_error = None;
+        self.update_snapshot(|s| {
+            s.token = Some(outcome);
+            s.background_not_before = None;
+        });
+        Ok(())
+    }
+}
+
+fn bearer_header(access_token: &AccessToken) -> Result<HeaderValue, RefreshError> {
+    let mut header =
+        HeaderValue::try_from(format!("Bearer {}", access_token.secret())).map_err(|_| {
+            TransientError::new(TransientKind::InvalidResponse)
+                .with_source("the access token holds characters not allowed in a header")
+        })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+/// Owns a refresh from spawn to outcome. If the task is dropped or panics before it settles,
+/// the guard still frees the slot and tells the waiters, so no caller hangs on a dead flight.
+struct FlightGuard {
+    cell: Arc<TokenCell>,
+    sender: Option<watch::Sender<Option<Outcome>>>,
+}
+
+impl FlightGuard {
+    async fn run(mut self, delay_until: Option<Instant>, trigger: &'static str) {
+        if let Some(at) = delay_until {
+            tokio::time::sleep_until(at).await;
+        }
+        let cell = self.cell.clone();
+        let (schedule, refresh_token) = {
+            let mut slot = cell.lock_slot();
+            slot.last_started = Some(Instant::now());
+            (slot.schedule.clone(), slot.refresh_token.clone())
+        };
+        cell.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!(
+            "oauth_refresh.refresh",
+            grant = cell.source.grant(),
+            host = cell.source.host(),
+            trigger,
+            attempt = tracing::field::Empty,
+            generation = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let result = async {
+            tracing::debug!("refresh started");
+            cell.fetch(&schedule, refresh_token).await
+        }
+        .instrument(span.clone())
+        .await;
+        let outcome = cell.settle(&mut cell.lock_slot(), result);
+        let _entered = span.enter();
+        match &outcome {
+            Ok(token) => {
+                span.record("outcome", "ok");
+                span.record("generation", token.generation);
+                tracing::info!(
+                    expires_in_s = token
+                        .expires_at
+                        .map(|at| at.saturating_duration_since(Instant::now()).as_secs()),
+                    "token refreshed"
+                );
+            }
+            Err(error) => {
+                span.record("outcome", tracing::field::debug(error.kind()));
+                tracing::warn!(%error, "token refresh failed");
+            }
+        }
+        if let Some(sender) = self.sender.take() {
+            sender.send_replace(Some(outcome));
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        let error: RefreshError = TransientError::new(TransientKind::Aborted).into();
+        let mut slot = self.cell.lock_slot();
+        let outcome = self.cell.settle(&mut slot, Err(error));
+        drop(slot);
+        sender.send_replace(Some(outcome));
+    }
+}

@@ -1,0 +1,344 @@
+//! The token cell: the current token behind an `ArcSwap`, and the one refresh slot that every
+//! trigger shares.
+//!
+//! Readers never lock: a request loads the snapshot, compares two instants and clones a
+//! header value. Writers (the refresh task, an invalidation, a manual seed) take the slot's
+//! mutex, which is never held across an await.
+
+mod flight;
+mod schedule;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::{RefreshError, RefreshErrorKind};
+use crate::source::TokenSource;
+use crate::token::RefreshToken;
+
+pub(crate) use schedule::Schedule;
+
+/// The outcome of one refresh, as every waiter receives it.
+type Outcome = Result<Token, RefreshError>;
+
+/// A token as requests use it: the header is built once, here, and cloned per request.
+#[derive(Clone)]
+pub(crate) struct Token {
+    /// Counts tokens in this cell; a request remembers the generation it was sent with.
+    pub(crate) generation: u64,
+    /// `Bearer <token>`, marked sensitive.
+    pub(crate) header: HeaderValue,
+    pub(crate) expires_at: Option<Instant>,
+    /// Where the refresh-ahead window starts.
+    pub(crate) refresh_at: Option<Instant>,
+    /// A server said this token is no good (or `invalidate()` was called).
+    pub(crate) rejected: bool,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("generation", &self.generation)
+            .field("header", &"Bearer [redacted]")
+            .field("expires_at", &self.expires_at)
+            .field("refresh_at", &self.refresh_at)
+            .field("rejected", &self.rejected)
+            .finish()
+    }
+}
+
+/// Where a token stands, by the monotonic clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Attach and send.
+    Fresh,
+    /// Inside the refresh-ahead window: attach and send now, refresh in the background.
+    Stale,
+    /// Expired or rejected: wait for the shared refresh.
+    Expired,
+}
+
+impl Token {
+    pub(crate) fn phase(&self, now: Instant) -> Phase {
+        if self.rejected || self.expires_at.is_some_and(|at| now >= at) {
+            Phase::Expired
+        } else if self.refresh_at.is_some_and(|at| now >= at) {
+            Phase::Stale
+        } else {
+            Phase::Fresh
+        }
+    }
+}
+
+/// What the request path reads, swapped whole on every change.
+#[derive(Debug, Default)]
+struct Snapshot {
+    token: Option<Token>,
+    /// A refresh is running; a stale request need not start one.
+    refreshing: bool,
+    /// No background refresh starts before this (cooldown after a failure, or the minimum
+    /// interval between refreshes).
+    background_not_before: Option<Instant>,
+}
+
+/// What only writers touch, under the slot's mutex.
+#[derive(Default)]
+struct Slot {
+    /// The running refresh, if any: every trigger joins it.
+    flight: Option<watch::Receiver<Option<Outcome>>>,
+    /// The newest refresh token received. Only ever replaced by a newer one, never dropped.
+    refresh_token: Option<RefreshToken>,
+    last_generation: u64,
+    last_started: Option<Instant>,
+    failures_in_a_row: u32,
+    cooldown_until: Option<Instant>,
+    last_error: Option<RefreshError>,
+    schedule: Schedule,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    refreshes: AtomicU64,
+    failures: AtomicU64,
+    reauths: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// One token, its refresh, and its stats. Shared by every clone of a layer.
+pub(crate) struct TokenCell {
+    snapshot: ArcSwap<Snapshot>,
+    slot: Mutex<Slot>,
+    source: Arc<dyn TokenSource>,
+    counters: Counters,
+}
+
+impl fmt::Debug for TokenCell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCell")
+            .field("source", &self.source)
+            .field("token", &self.snapshot.load().token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an expired or rejected request does next, decided under the slot's mutex.
+enum Decision {
+    Use(Token),
+    Wait(watch::Receiver<Option<Outcome>>),
+    Fail(RefreshError),
+}
+
+impl TokenCell {
+    pub(crate) fn new(source: Arc<dyn TokenSource>) -> Self {
+        let slot = Slot {
+            refresh_token: source.initial_refresh_token(),
+            ..Slot::default()
+        };
+        TokenCell {
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            slot: Mutex::new(slot),
+            source,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Edits the timing settings, for every clone of the layer. Tokens already held keep
+    /// their schedule; the next one follows the new settings.
+    pub(crate) fn configure(&self, edit: impl FnOnce(&mut Schedule)) {
+        edit(&mut self.lock_slot().schedule);
+    }
+
+    /// The token to send now if no wait is needed (FRESH or STALE); a STALE token also starts
+    /// a background refresh when none is running. `None` means EXPIRED: call
+    /// [`acquire`](Self::acquire).
+    ///
+    /// This is the hot path: one `ArcSwap` load, one clock read, one header clone.
+    pub(crate) fn current(self: &Arc<Self>) -> Option<(HeaderValue, u64)> {
+        let snapshot = self.snapshot.load();
+        let token = snapshot.token.as_ref()?;
+        let now = Instant::now();
+        match token.phase(now) {
+            Phase::Fresh => {}
+            Phase::Stale => {
+                let allowed = snapshot.background_not_before.is_none_or(|at| now >= at);
+                if !snapshot.refreshing && allowed {
+                    self.refresh_in_background();
+                }
+            }
+            Phase::Expired => return None,
+        }
+        Some((token.header.clone(), token.generation))
+    }
+
+    /// Waits for a usable token: the current one if another caller already replaced
+    /// `rejected` (or the expired one), else the outcome of the one shared refresh.
+    ///
+    /// `rejected` is the generation a server just refused; it is invalidated so that no other
+    /// request sends it again.
+    pub(crate) async fn acquire(self: Arc<Self>, rejected: Option<u64>) -> Outcome {
+        let decision = {
+            let mut slot = self.lock_slot();
+            self.decide(&mut slot, rejected)
+        };
+        match decision {
+            Decision::Use(token) => Ok(token),
+            Decision::Fail(error) => Err(error),
+            Decision::Wait(flight) => flight::wait(flight).await,
+        }
+    }
+
+    fn decide(self: &Arc<Self>, slot: &mut Slot, rejected: Option<u64>) -> Decision {
+        if let Some(generation) = rejected {
+            self.mark_rejected(generation);
+        }
+        let now = Instant::now();
+        let snapshot = self.snapshot.load_full();
+        if let Some(token) = &snapshot.token
+            && token.phase(now) != Phase::Expired
+        {
+            return Decision::Use(token.clone());
+        }
+        if let Some(flight) = &slot.flight {
+            return Decision::Wait(flight.clone());
+        }
+        if let (Some(until), Some(error)) = (slot.cooldown_until, &slot.last_error)
+            && now < until
+        {
+            return Decision::Fail(error.clone());
+        }
+        let mut delay_until = None;
+        if let Some(last) = slot.last_started {
+            let earliest = last + slot.schedule.min_interval;
+            if now < earliest {
+                // A token that expired as it arrived (`expires_in: 0`, or a window wider
+                // than its life) is used rather than refreshed again at once: otherwise
+                // every request would cost a refresh.
+                match &snapshot.token {
+                    Some(token) if !token.rejected => return Decision::Use(token.clone()),
+                    _ => delay_until = Some(earliest),
+                }
+            }
+        }
+        Decision::Wait(self.start_flight(slot, delay_until, "expired"))
+    }
+
+    /// Starts a refresh without anyone waiting on it, if none is running and none is due to
+    /// wait: the STALE path. Needs a tokio runtime; without one, a later request starts it.
+    fn refresh_in_background(self: &Arc<Self>) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let mut slot = self.lock_slot();
+        let now = Instant::now();
+        let snapshot = self.snapshot.load();
+        let allowed = snapshot.background_not_before.is_none_or(|at| now >= at);
+        if slot.flight.is_none() && allowed {
+            drop(snapshot);
+            self.start_flight(&mut slot, None, "refresh_ahead");
+        }
+    }
+
+    /// Joins the running refresh or starts one, whatever the cooldown or the token's state.
+    pub(crate) async fn refresh_now(self: &Arc<Self>) -> Result<(), RefreshError> {
+        let flight = {
+            let mut slot = self.lock_slot();
+            match &slot.flight {
+                Some(flight) => flight.clone(),
+                None => self.start_flight(&mut slot, None, "manual"),
+            }
+        };
+        flight::wait(flight).await.map(drop)
+    }
+
+    /// Marks the current token rejected: the next request waits for a refresh.
+    pub(crate) fn invalidate(&self) {
+        let _slot = self.lock_slot();
+        if let Some(token) = &self.snapshot.load().token {
+            self.mark_rejected(token.generation);
+        }
+    }
+
+    /// Marks `generation` rejected, if it is still the current token, without refreshing:
+    /// for a rejection that will not be resent.
+    pub(crate) fn invalidate_generation(&self, generation: u64) {
+        let _slot = self.lock_slot();
+        self.mark_rejected(generation);
+    }
+
+    /// Marks `generation` rejected if it is still the current token. Call under the slot.
+    fn mark_rejected(&self, generation: u64) {
+        let snapshot = self.snapshot.load();
+        let Some(token) = &snapshot.token else { return };
+        if token.generation != generation || token.rejected {
+            return;
+        }
+        let token = Token {
+            rejected: true,
+            ..token.clone()
+        };
+        self.snapshot.store(Arc::new(Snapshot {
+            token: Some(token),
+            refreshing: snapshot.refreshing,
+            background_not_before: snapshot.background_not_before,
+        }));
+    }
+
+    /// Counts a request resent after its token was rejected.
+    pub(crate) fn count_retry(&self) {
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A cheap, consistent-enough picture of the cell.
+    pub(crate) fn stats(&self) -> Stats {
+        let now = Instant::now();
+        let snapshot = self.snapshot.load();
+        let last_error = self.lock_slot().last_error.as_ref().map(RefreshError::kind);
+        let token = snapshot.token.as_ref();
+        Stats {
+            refreshes: self.counters.refreshes.load(Ordering::Relaxed),
+            failures: self.counters.failures.load(Ordering::Relaxed),
+            reauths: self.counters.reauths.load(Ordering::Relaxed),
+            retries: self.counters.retries.load(Ordering::Relaxed),
+            generation: token.map_or(0, |t| t.generation),
+            time_to_expiry: token
+                .and_then(|t| t.expires_at)
+                .map(|at| at.saturating_duration_since(now)),
+            last_error,
+        }
+    }
+
+    fn lock_slot(&self) -> MutexGuard<'_, Slot> {
+        // The slot holds plain data and no code that can panic runs under it, but if a
+        // panic ever poisoned it, the data is still consistent: keep going.
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A snapshot of a token cell's counters and state, from
+/// [`RefreshLayer::stats`](crate::RefreshLayer::stats).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Refreshes started (each may make several token requests).
+    pub refreshes: u64,
+    /// Refreshes that ended in an error, of any kind.
+    pub failures: u64,
+    /// Refreshes that ended in [`ReauthRequired`](crate::ReauthRequired).
+    pub reauths: u64,
+    /// Requests resent after the server rejected their token.
+    pub retries: u64,
+    /// The current token's generation; 0 before the first token.
+    pub generation: u64,
+    /// Time until the current token expires, if its lifetime is known.
+    pub time_to_expiry: Option<Duration>,
+    /// The class of the last refresh error, cleared by the next success.
+    pub last_error: Option<RefreshErrorKind>,
+}

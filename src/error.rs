@@ -1,0 +1,435 @@
+//! The errors a refresh can end in, and the one a request can be refused with.
+//!
+//! Each is a small struct of its own, so that it can be reached with `downcast_ref` from a
+//! tower stack's `BoxError`; [`RefreshError`] gathers them for code that matches.
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The authorization server refused the refresh itself (`invalid_grant`, or a code configured
+/// as permanent): no new token will come without a new sign-in.
+///
+/// The layer raises it to callers only once no usable token is left; until then the still
+/// valid token is served.
+///
+/// ```
+/// use oauth_refresh::ReauthRequired;
+///
+/// let err = ReauthRequired::new("invalid_grant")
+///     .description("refresh token revoked")
+///     .host("login.example.com");
+/// assert_eq!(err.error(), "invalid_grant");
+/// assert!(err.to_string().contains("sign in again"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReauthRequired {
+    error: String,
+    description: Option<String>,
+    uri: Option<String>,
+    host: Option<String>,
+}
+
+impl ReauthRequired {
+    /// A refusal with the OAuth `error` code the server sent, e.g. `"invalid_grant"`.
+    pub fn new(error: impl Into<String>) -> Self {
+        ReauthRequired {
+            error: error.into(),
+            description: None,
+            uri: None,
+            host: None,
+        }
+    }
+
+    /// Sets the server's `error_description`.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Sets the server's `error_uri`.
+    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+        self.uri = Some(uri.into());
+        self
+    }
+
+    /// Sets the host of the token endpoint that refused.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// The OAuth `error` code, e.g. `"invalid_grant"`.
+    pub fn error(&self) -> &str {
+        &self.error
+    }
+
+    /// The server's `error_description`, if any.
+    pub fn error_description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// The server's `error_uri`, if any.
+    pub fn error_uri(&self) -> Option<&str> {
+        self.uri.as_deref()
+    }
+
+    /// The token endpoint's host, if known.
+    pub fn endpoint_host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+}
+
+impl fmt::Display for ReauthRequired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.host {
+            Some(host) => write!(f, "the authorization server at {host}")?,
+            None => f.write_str("the authorization server")?,
+        }
+        write!(f, " refused to refresh the token ({}", self.error)?;
+        if let Some(description) = &self.description {
+            write!(f, ": {description}")?;
+        }
+        f.write_str("); the user must sign in again")
+    }
+}
+
+impl Error for ReauthRequired {}
+
+/// Why a refresh failed for now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransientKind {
+    /// The token endpoint could not be reached, or the connection broke.
+    Network,
+    /// The token request, or the whole refresh, took longer than its timeout.
+    Timeout,
+    /// The token endpoint answered with a 5xx status.
+    ServerError(u16),
+    /// The token endpoint answered 429.
+    RateLimited,
+    /// The token endpoint answered `temporarily_unavailable`.
+    TemporarilyUnavailable,
+    /// The token endpoint's answer could not be read.
+    InvalidResponse,
+    /// The refresh task ended without an outcome (it panicked).
+    Aborted,
+}
+
+impl fmt::Display for TransientKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransientKind::Network => f.write_str("the token endpoint could not be reached"),
+            TransientKind::Timeout => f.write_str("the token request timed out"),
+            TransientKind::ServerError(status) => {
+                write!(f, "the token endpoint answered {status}")
+            }
+            TransientKind::RateLimited => f.write_str("the token endpoint is rate limiting"),
+            TransientKind::TemporarilyUnavailable => {
+                f.write_str("the token endpoint is temporarily unavailable")
+            }
+            TransientKind::InvalidResponse => {
+                f.write_str("the token endpoint's answer could not be read")
+            }
+            TransientKind::Aborted => f.write_str("the refresh ended without an outcome"),
+        }
+    }
+}
+
+/// A refresh failed for a reason that may pass: network, timeout, 5xx, 429,
+/// `temporarily_unavailable`. Retryable; the still-valid token keeps being served meanwhile.
+///
+/// ```
+/// use std::time::Duration;
+/// use oauth_refresh::{TransientError, TransientKind};
+///
+/// let err = TransientError::new(TransientKind::RateLimited).retry_after(Duration::from_secs(5));
+/// assert_eq!(err.kind(), TransientKind::RateLimited);
+/// assert_eq!(err.retry_after_hint(), Some(Duration::from_secs(5)));
+/// ```
+#[derive(Clone, Debug)]
+pub struct TransientError {
+    kind: TransientKind,
+    retry_after: Option<Duration>,
+    resend_safe: bool,
+    source: Option<Arc<dyn Error + Send + Sync>>,
+}
+
+impl TransientError {
+    /// A transient failure of the given kind, safe to resend.
+    pub fn new(kind: TransientKind) -> Self {
+        TransientError {
+            kind,
+            retry_after: None,
+            resend_safe: true,
+            source: None,
+        }
+    }
+
+    /// The server's `Retry-After`: the cell will not call the source again before it.
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// Says whether the same token request may be sent again within this refresh. A
+    /// `refresh_token` grant whose request may have reached the server sets `false`: resending
+    /// a rotated refresh token can trip the server's reuse detection.
+    pub fn resend_safe(mut self, resend_safe: bool) -> Self {
+        self.resend_safe = resend_safe;
+        self
+    }
+
+    /// The underlying error. It must not carry secrets or raw response bodies.
+    pub fn with_source(mut self, source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        self.source = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// Why the refresh failed.
+    pub fn kind(&self) -> TransientKind {
+        self.kind
+    }
+
+    /// The server's retry hint, if any.
+    pub fn retry_after_hint(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Whether the source said the request may be resent.
+    pub fn is_resend_safe(&self) -> bool {
+        self.resend_safe
+    }
+}
+
+impl fmt::Display for TransientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "token refresh failed for now: {}", self.kind)?;
+        if let Some(retry_after) = self.retry_after {
+            write!(f, " (retry after {}s)", retry_after.as_secs())?;
+        }
+        Ok(())
+    }
+}
+
+impl Error for TransientError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+/// The token endpoint refused the client itself (`invalid_client`, `unauthorized_client`,
+/// `invalid_scope`, ...): permanent until the configuration changes, and no sign-in fixes it.
+///
+/// ```
+/// use oauth_refresh::ConfigurationError;
+///
+/// let err = ConfigurationError::new("invalid_client");
+/// assert_eq!(err.error(), "invalid_client");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigurationError {
+    error: String,
+    description: Option<String>,
+}
+
+impl ConfigurationError {
+    /// A refusal with the OAuth `error` code the server sent, or a short code of the source's.
+    pub fn new(error: impl Into<String>) -> Self {
+        ConfigurationError {
+            error: error.into(),
+            description: None,
+        }
+    }
+
+    /// Sets a description (the server's `error_description`, or the source's own words).
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// The error code.
+    pub fn error(&self) -> &str {
+        &self.error
+    }
+
+    /// The description, if any.
+    pub fn error_description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+}
+
+impl fmt::Display for ConfigurationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the token endpoint refused the client ({}", self.error)?;
+        if let Some(description) = &self.description {
+            write!(f, ": {description}")?;
+        }
+        f.write_str("); check the client configuration")
+    }
+}
+
+impl Error for ConfigurationError {}
+
+/// How a refresh failed: what a [`TokenSource`](crate::TokenSource) reports, and what every
+/// caller waiting on that refresh receives.
+///
+/// Through a tower stack each variant arrives as its own struct inside the `BoxError`, so
+/// `err.downcast_ref::<ReauthRequired>()` works.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum RefreshError {
+    /// A new sign-in is needed.
+    Reauth(ReauthRequired),
+    /// Retryable.
+    Transient(TransientError),
+    /// Permanent, but not fixed by a sign-in.
+    Configuration(ConfigurationError),
+}
+
+impl RefreshError {
+    /// The class of this error, for stats and logs.
+    pub fn kind(&self) -> RefreshErrorKind {
+        match self {
+            RefreshError::Reauth(_) => RefreshErrorKind::Reauth,
+            RefreshError::Transient(_) => RefreshErrorKind::Transient,
+            RefreshError::Configuration(_) => RefreshErrorKind::Configuration,
+        }
+    }
+
+    /// The error as a boxed error whose concrete type is the variant's struct.
+    pub(crate) fn into_box(self) -> Box<dyn Error + Send + Sync> {
+        match self {
+            RefreshError::Reauth(e) => Box::new(e),
+            RefreshError::Transient(e) => Box::new(e),
+            RefreshError::Configuration(e) => Box::new(e),
+        }
+    }
+
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RefreshError::Transient(e) => e.retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefreshError::Reauth(e) => e.fmt(f),
+            RefreshError::Transient(e) => e.fmt(f),
+            RefreshError::Configuration(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Error for RefreshError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            RefreshError::Reauth(e) => Some(e),
+            RefreshError::Transient(e) => Some(e),
+            RefreshError::Configuration(e) => Some(e),
+        }
+    }
+}
+
+impl From<ReauthRequired> for RefreshError {
+    fn from(e: ReauthRequired) -> Self {
+        RefreshError::Reauth(e)
+    }
+}
+
+impl From<TransientError> for RefreshError {
+    fn from(e: TransientError) -> Self {
+        RefreshError::Transient(e)
+    }
+}
+
+impl From<ConfigurationError> for RefreshError {
+    fn from(e: ConfigurationError) -> Self {
+        RefreshError::Configuration(e)
+    }
+}
+
+/// The class of a [`RefreshError`], as the stats report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefreshErrorKind {
+    /// [`ReauthRequired`].
+    Reauth,
+    /// [`TransientError`].
+    Transient,
+    /// [`ConfigurationError`].
+    Configuration,
+}
+
+/// The layer refused to send a bearer token over plain `http://` to a host that is not
+/// loopback. Allow it with [`RefreshLayer::allow_insecure_http`](crate::RefreshLayer::allow_insecure_http).
+#[derive(Clone, Debug)]
+pub struct InsecureTransport {
+    host: String,
+}
+
+impl InsecureTransport {
+    pub(crate) fn new(host: &str) -> Self {
+        InsecureTransport {
+            host: host.to_owned(),
+        }
+    }
+
+    /// The host the request was meant for.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+}
+
+impl fmt::Display for InsecureTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "refused to send a bearer token over plain http to {}",
+            self.host
+        )
+    }
+}
+
+impl Error for InsecureTransport {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reauth_required_says_a_sign_in_is_needed() {
+        let err = ReauthRequired::new("invalid_grant")
+            .description("Token is revoked")
+            .uri("https://docs.example.com/errors")
+            .host("login.example.com");
+        assert_eq!(
+            err.to_string(),
+            "the authorization server at login.example.com refused to refresh the token \
+             (invalid_grant: Token is revoked); the user must sign in again"
+        );
+        assert_eq!(err.error_uri(), Some("https://docs.example.com/errors"));
+    }
+
+    #[test]
+    fn reauth_required_is_reachable_from_a_box_error() {
+        let boxed = RefreshError::from(ReauthRequired::new("invalid_grant")).into_box();
+        let err = boxed.downcast_ref::<ReauthRequired>().expect("downcast");
+        assert_eq!(err.error(), "invalid_grant");
+    }
+
+    #[test]
+    fn transient_error_keeps_its_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = TransientError::new(TransientKind::Network).with_source(io);
+        assert!(err.source().is_some());
+        assert_eq!(
+            err.to_string(),
+            "token refresh failed for now: the token endpoint could not be reached"
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! [`ResponseFuture`], and the slow paths it hands over to: waiting for a refresh, reading a
+//! body prefix for the classifier, and the one resend.
+//!
+//! The fast path (token fresh, response accepted) is a named future with no allocation. The
+//! slow paths are rare, so they are plain `async` code in a box, where the rules (resend once,
+//! never loop) stay readable.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Buf;
+use http::{Request, Response, header};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::body::RefreshBody;
+use crate::classify::Verdict;
+use crate::error::RefreshError;
+use crate::extension::RetryStatus;
+use crate::layer::Shared;
+use crate::replay::Replay;
+
+/// Past this much, a rejected response's body is dropped rather than drained: the connection
+/// is then not reused, which costs less than reading a large body nobody wants.
+const DRAIN_LIMIT: usize = 64 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+type SlowFuture<ResBody> =
+    Pin<Box<dyn Future<Output = Result<Response<RefreshBody<ResBody>>, BoxError>> + Send>>;
+
+/// What to do if the server rejects the token the request was sent with.
+pub(crate) enum Resend<S, B> {
+    /// Resend this copy through this service (the one `call` readied, kept for the resend).
+    Replay { service: S, replay: Replay<B> },
+    /// Return the rejection marked with this status.
+    Unavailable(RetryStatus),
+}
+
+pin_project! {
+    /// The response future of [`Refresh`](crate::Refresh).
+    pub struct ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+        ResBody: Body,
+    {
+        #[pin]
+        state: State<S, ReqBody, ResBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+        ResBody: Body,
+    {
+        // The request is with the inner service; the response is yet to be classified.
+        Called {
+            #[pin]
+            future: S::Future,
+            after: Option<After<S, ReqBody>>,
+        },
+        // The request carried its own credentials: the response is returned as it is.
+        Passthrough {
+            #[pin]
+            future: S::Future,
+        },
+        // Waiting for a refresh, reading a body, or resending.
+        Slow { future: SlowFuture<ResBody> },
+        // Refused before sending.
+        Failed { error: Option<BoxError> },
+    }
+}
+
+/// What the fast path keeps for a response that turns out to need the slow path.
+pub(crate) struct After<S, B> {
+    shared: Arc<Shared>,
+    generation: u64,
+    resend: Resend<S, B>,
+}
+
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+    ResBody: Body,
+{
+    pub(crate) fn called(
+        future: S::Future,
+        shared: Arc<Shared>,
+        generation: u64,
+        resend: Resend<S, ReqBody>,
+    ) -> Self {
+        let after = After {
+            shared,
+            generation,
+            resend,
+        };
+        ResponseFuture {
+            state: State::Called {
+                future,
+                after: Some(after),
+            },
+        }
+    }
+
+    pub(crate) fn passthrough(future: S::Future) -> Self {
+        ResponseFuture {
+            state: State::Passthrough { future },
+        }
+    }
+
+    pub(crate) fn slow(
+        future: impl Future<Output = Result<Response<RefreshBody<ResBody>>, BoxError>> + Send + 'static,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Slow {
+                future: Box::pin(future),
+            },
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    type Output = Result<Response<RefreshBody<ResBody>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Called { future, after } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    let after = after
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    let verdict = after
+                        .shared
+                        .classifier
+                        .classify(response.status(), response.headers());
+                    if verdict == Verdict::Accepted {
+                        return Poll::Ready(Ok(response.map(RefreshBody::new)));
+                    }
+                    let slow = finish(
+                        after.shared,
+                        response,
+                        after.generation,
+                        verdict,
+                        after.resend,
+                    );
+                    this.state.set(State::Slow {
+                        future: Box::pin(slow),
+                    });
+                }
+                StateProj::Passthrough { future } => {
+                    let response = ready!(future.poll(cx)).map_err(Into::into)?;
+                    return Poll::Ready(Ok(response.map(RefreshBody::new)));
+                }
+                StateProj::Slow { future } => return future.as_mut().poll(cx),
+                StateProj::Failed { error } => {
+                    let error = error
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> std::fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+    ResBody: Body,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Passthrough { .. } => "passthrough",
+            State::Slow { .. } => "slow",
+            State::Failed { .. } => "failed",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+/// The EXPIRED path: waits for the shared refresh, then sends as the fast path would.
+/// `service` is an unreadied clone: no permit is held while waiting.
+pub(crate) async fn send_after_refresh<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    service: S,
+    mut request: Request<ReqBody>,
+    retry: bool,
+) -> Result<Response<RefreshBody<ResBody>>, BoxError>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let token = shared
+        .cell
+        .clone()
+        .acquire(None)
+        .await
+        .map_err(RefreshError::into_box)?;
+    let replay = if retry {
+        Replay::capture(&request)
+    } else {
+        None
+    };
+    request
+        .headers_mut()
+        .insert(header::AUTHORIZATION, token.header);
+    let resend = match replay {
+        Some(replay) => Resend::Replay {
+            service: service.clone(),
+            replay,
+        },
+        None if retry => Resend::Unavailable(RetryStatus::BodyNotReplayable),
+        None => Resend::Unavailable(RetryStatus::Disabled),
+    };
+    let response = service.oneshot(request).await.map_err(Into::into)?;
+    let verdict = shared
+        .classifier
+        .classify(response.status(), response.headers());
+    finish(shared, response, token.generation, verdict, resend).await
+}
+
+/// Everything after a first response that was not plainly accepted: reads the body prefix if
+/// the classifier asked, and on rejection resends once (or marks why not).
+async fn finish<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    response: Response<ResBody>,
+    generation: u64,
+    verdict: Verdict,
+    resend: Resend<S, ReqBody>,
+) -> Result<Response<RefreshBody<ResBody>>, BoxError>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    let (rejected, body) = match verdict {
+        Verdict::Accepted => (false, RefreshBody::new(body)),
+        Verdict::TokenRejected => (true, RefreshBody::new(body)),
+        Verdict::ReadBody { limit } => {
+            let mut body = Box::pin(body);
+            let (frames, prefix) = read_prefix(body.as_mut(), limit).await?;
+            let rejected = shared
+                .classifier
+                .classify_body(parts.status, &parts.headers, &prefix);
+            (rejected, RefreshBody::with_read_frames(frames, body))
+        }
+    };
+    if !rejected {
+        return Ok(Response::from_parts(parts, body));
+    }
+    let (service, replay) = match resend {
+        Resend::Replay { service, replay } => (service, replay),
+        Resend::Unavailable(status) => {
+            // No resend, but no other request should send this token again either.
+            shared.cell.invalidate_generation(generation);
+            let mut response = Response::from_parts(parts, body);
+            response.extensions_mut().insert(status);
+            return Ok(response);
+        }
+    };
+    drain(body).await;
+    // Picks up a newer token if another request already replaced this generation; else
+    // invalidates it and joins the one shared refresh.
+    let token = shared
+        .cell
+        .clone()
+        .acquire(Some(generation))
+        .await
+        .map_err(RefreshError::into_box)?;
+    shared.cell.count_retry();
+    tracing::debug!(
+        rejected_generation = generation,
+        generation = token.generation,
+        "token rejected; resending once"
+    );
+    let response = service
+        .oneshot(replay.into_request(token.header))
+        .await
+        .map_err(Into::into)?;
+    // A second rejection is returned as it is: one resend, never a loop.
+    let mut response = response.map(RefreshBody::new);
+    response.extensions_mut().insert(RetryStatus::Retried);
+    Ok(response)
+}
+
+/// Reads frames until `limit` bytes of data or the end, keeping them to hand back, and a
+/// contiguous copy of at most `limit` bytes for the classifier.
+async fn read_prefix<B>(
+    mut body: Pin<&mut B>,
+    limit: usize,
+) -> Result<(VecDeque<Frame<B::Data>>, Vec<u8>), BoxError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut frames = VecDeque::new();
+    let mut prefix = Vec::new();
+    while prefix.len() < limit {
+        let Some(frame) = body.as_mut().frame().await else {
+            break;
+        };
+        let frame = frame.map_err(Into::into)?;
+        if let Some(data) = frame.data_ref() {
+            // A `Buf` may hold several chunks; read them without consuming the frame.
+            let mut slices = [std::io::IoSlice::new(&[]); 16];
+            let count = data.chunks_vectored(&mut slices);
+            for slice in &slices[..count] {
+                let room = limit - prefix.len();
+                prefix.extend_from_slice(&slice[..slice.len().min(room)]);
+            }
+        }
+        frames.push_back(frame);
+    }
+    Ok((frames, prefix))
+}
+
+/// Reads and drops what is left of a rejected body, so the connection can be reused.
+async fn drain<B: Body>(body: RefreshBody<B>) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while read <= DRAIN_LIMIT {
+            match body.as_mut().frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, Buf::remaining),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,100 @@
+//! Keeps OAuth 2.0 access tokens fresh for outgoing HTTP requests.
+//!
+//! # Overview
+//!
+//! One [`RefreshLayer`] value is a `tower::Layer`. It reads the current token lock-free
+//! through `arc-swap`, refreshes it before expiry without making requests wait, shares one
+//! refresh among all concurrent callers, resends a request once when the server rejects its
+//! token, and raises [`ReauthRequired`] when the refresh itself is refused, so the
+//! application knows a person must sign in again.
+//!
+//! Each request finds the token in one of three states, by the monotonic clock:
+//!
+//! - **FRESH**: attach and send.
+//! - **STALE** (inside the refresh-ahead window, still valid): attach and send now, and start
+//!   a background refresh if none is running. No request waits.
+//! - **EXPIRED** (or no token yet, or rejected): wait for the one shared refresh, then send.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use oauth_refresh::{AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! /// A token source; the crate's grants implement the same trait.
+//! struct Issuer;
+//!
+//! impl TokenSource for Issuer {
+//!     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+//!         Box::pin(async {
+//!             let mut tokens = TokenSet::new(AccessToken::new("at-1"));
+//!             tokens.expires_in = Some(Duration::from_secs(3600));
+//!             Ok(tokens)
+//!         })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let layer = RefreshLayer::new(Issuer);
+//! # let api = tower::service_fn(|request: http::Request<String>| async move {
+//! #     assert_eq!(request.headers()["authorization"], "Bearer at-1");
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+//! # });
+//! let service = ServiceBuilder::new().layer(layer.clone()).service(api);
+//! let response = service.oneshot(http::Request::new(String::new())).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Errors
+//!
+//! The service's error is a `BoxError`. Refresh failures arrive as their own types, reached
+//! with `downcast_ref`: [`ReauthRequired`] (sign in again), [`TransientError`] (retryable),
+//! [`ConfigurationError`] (the client is refused), and [`InsecureTransport`].
+//!
+//! ```
+//! # fn handle(err: tower::BoxError) {
+//! if let Some(reauth) = err.downcast_ref::<oauth_refresh::ReauthRequired>() {
+//!     eprintln!("{reauth}"); // "... the user must sign in again"
+//! }
+//! # }
+//! ```
+//!
+//! # Minimum supported Rust version
+//!
+//! Rust 1.85 (edition 2024).
+
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+#![doc(test(attr(deny(warnings))))]
+
+mod body;
+mod cell;
+pub mod classify;
+mod error;
+mod extension;
+mod future;
+mod layer;
+mod replay;
+mod service;
+mod source;
+mod token;
+
+pub use body::RefreshBody;
+pub use cell::Stats;
+pub use error::{
+    ConfigurationError, InsecureTransport, ReauthRequired, RefreshError, RefreshErrorKind,
+    TransientError, TransientKind,
+};
+pub use extension::{NoRetry, RetryStatus, SkipAuth};
+pub use future::ResponseFuture;
+pub use layer::RefreshLayer;
+pub use service::Refresh;
+pub use source::{BoxFuture, TokenRequest, TokenSource};
+pub use token::{AccessToken, RefreshToken, TokenSet};
+
+/// The error type of the tower service: refresh errors and the inner service's own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,85 @@
+//! Where tokens come from: the [`TokenSource`] trait every grant implements.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::RefreshError;
+use crate::token::{RefreshToken, TokenSet};
+
+/// A boxed, `Send` future, as [`TokenSource::fetch`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the token cell asks a [`TokenSource`] for.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TokenRequest {
+    /// The newest refresh token the cell holds, read inside the refresh slot so that a
+    /// rotated token is never sent twice.
+    pub refresh_token: Option<RefreshToken>,
+    /// 1 for the first attempt of a refresh, 2 for its first resend, and so on.
+    pub attempt: u32,
+}
+
+/// Obtains tokens: one call is one token request. Every grant implements it; it is usable as
+/// `dyn TokenSource`.
+///
+/// A source says how it failed through [`RefreshError`]: [`ReauthRequired`](crate::ReauthRequired)
+/// when the server refused the grant, [`TransientError`](crate::TransientError) when it may pass
+/// (with a retry-after hint and whether the request may be resent),
+/// [`ConfigurationError`](crate::ConfigurationError) when the client itself is refused.
+///
+/// The cell calls it from a task of its own, one call at a time per token cell; retries,
+/// timeouts, rotation and scheduling are the cell's work, not the source's.
+///
+/// ```
+/// use std::time::Duration;
+/// use oauth_refresh::{AccessToken, BoxFuture, RefreshError, TokenRequest, TokenSet, TokenSource};
+///
+/// /// Hands out a fixed token, as a test double would.
+/// struct Static;
+///
+/// impl TokenSource for Static {
+///     fn fetch(&self, _request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+///         Box::pin(async {
+///             let mut set = TokenSet::new(AccessToken::new("at-1"));
+///             set.expires_in = Some(Duration::from_secs(3600));
+///             Ok(set)
+///         })
+///     }
+/// }
+///
+/// let source: Box<dyn TokenSource> = Box::new(Static);
+/// assert_eq!(source.grant(), "custom");
+/// ```
+pub trait TokenSource: Send + Sync + 'static {
+    /// Requests a new token set.
+    fn fetch(&self, request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>>;
+
+    /// The grant's name for logs and spans, e.g. `"client_credentials"`.
+    fn grant(&self) -> &str {
+        "custom"
+    }
+
+    /// The token endpoint's host, for logs and spans.
+    fn host(&self) -> Option<&str> {
+        None
+    }
+
+    /// The refresh token to start from, such as one stored by an earlier run.
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        None
+    }
+}
+
+impl fmt::Debug for dyn TokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("grant", &self.grant())
+            .field("host", &self.host())
+            .finish()
+    }
+}
+
+#[allow(dead_code)]
+fn _obj_safe(_: &dyn TokenSource) {}

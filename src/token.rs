@@ -1,0 +1,148 @@
+//! Access and refresh tokens, and the token set a source returns.
+//!
+//! Every type here that holds a secret prints it redacted in `Debug` and `Display`; the secret
+//! is reached only through an explicit `secret()` call.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+const REDACTED: &str = "[redacted]";
+
+/// A secret string that never prints itself.
+#[derive(Clone, PartialEq, Eq)]
+struct Secret(Arc<str>);
+
+impl Secret {
+    fn new(value: impl Into<String>) -> Self {
+        Secret(Arc::from(value.into()))
+    }
+}
+
+macro_rules! secret_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq)]
+        pub struct $name(Secret);
+
+        impl $name {
+            /// Wraps a token string.
+            pub fn new(value: impl Into<String>) -> Self {
+                $name(Secret::new(value))
+            }
+
+            /// The token itself. This is the only way to read it.
+            pub fn secret(&self) -> &str {
+                &(self.0).0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($name)).field(&format_args!("{REDACTED}")).finish()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(REDACTED)
+            }
+        }
+    };
+}
+
+secret_type!(
+    /// An OAuth 2.0 access token, sent as `Authorization: Bearer <token>`.
+    ///
+    /// ```
+    /// use oauth_refresh::AccessToken;
+    ///
+    /// let token = AccessToken::new("eyJhbGciOi...");
+    /// assert_eq!(token.secret(), "eyJhbGciOi...");
+    /// assert_eq!(format!("{token:?}"), "AccessToken([redacted])");
+    /// ```
+    AccessToken
+);
+
+secret_type!(
+    /// An OAuth 2.0 refresh token. The cell keeps the newest one it has received and never
+    /// drops it: a response without a refresh token keeps the previous one (RFC 6749 §6).
+    ///
+    /// ```
+    /// use oauth_refresh::RefreshToken;
+    ///
+    /// let token = RefreshToken::new("tGzv3JOkF0XG5Qx2TlKWIA");
+    /// assert_eq!(token.to_string(), "[redacted]");
+    /// ```
+    RefreshToken
+);
+
+/// What a [`TokenSource`](crate::TokenSource) obtained: an access token, its lifetime, and
+/// perhaps a (rotated) refresh token.
+///
+/// ```
+/// use std::time::Duration;
+/// use oauth_refresh::{AccessToken, RefreshToken, TokenSet};
+///
+/// let mut set = TokenSet::new(AccessToken::new("at-1"));
+/// set.expires_in = Some(Duration::from_secs(3600));
+/// set.refresh_token = Some(RefreshToken::new("rt-1"));
+/// assert!(!format!("{set:?}").contains("at-1"));
+/// ```
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct TokenSet {
+    /// The access token.
+    pub access_token: AccessToken,
+    /// A refresh token, new or rotated. `None` keeps the one the cell already holds.
+    pub refresh_token: Option<RefreshToken>,
+    /// The lifetime, counted from the moment the token request was sent. `Some(ZERO)` means
+    /// already expired; `None` means unknown, and a rejected request is the backstop.
+    pub expires_in: Option<Duration>,
+    /// The scope the server granted, if it said.
+    pub scope: Option<String>,
+}
+
+impl TokenSet {
+    /// A token set holding only an access token, of unknown lifetime.
+    pub fn new(access_token: AccessToken) -> Self {
+        TokenSet {
+            access_token,
+            refresh_token: None,
+            expires_in: None,
+            scope: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_token_is_redacted_in_debug_and_display() {
+        let token = AccessToken::new("s3cr3t-access");
+        assert!(!format!("{token:?}").contains("s3cr3t"));
+        assert!(!format!("{token:#?}").contains("s3cr3t"));
+        assert!(!token.to_string().contains("s3cr3t"));
+        assert_eq!(token.secret(), "s3cr3t-access");
+    }
+
+    #[test]
+    fn refresh_token_is_redacted_in_debug_and_display() {
+        let token = RefreshToken::new("s3cr3t-refresh");
+        assert!(!format!("{token:?}").contains("s3cr3t"));
+        assert!(!token.to_string().contains("s3cr3t"));
+        assert_eq!(token.secret(), "s3cr3t-refresh");
+    }
+
+    #[test]
+    fn token_set_is_redacted_in_debug() {
+        let mut set = TokenSet::new(AccessToken::new("s3cr3t-access"));
+        set.refresh_token = Some(RefreshToken::new("s3cr3t-refresh"));
+        set.scope = Some("api:read".into());
+        let printed = format!("{set:?}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("api:read"));
+    }
+}
