@@ -37,6 +37,9 @@ type SlowFuture<ResBody> =
     Pin<Box<dyn Future<Output = Result<Response<RefreshBody<ResBody>>, BoxError>> + Send>>;
 
 /// What to do if the server rejects the token the request was sent with.
+// The future lives where it is polled; boxing the large variant would cost an allocation on
+// every request that keeps a replay copy.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Resend<S, B> {
     /// Resend this copy through this service (the one `call` readied, kept for the resend).
     Replay { service: S, replay: Replay<B> },

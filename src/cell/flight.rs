@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Outcome, Schedule, Slot, Snapshot, Token, TokenCell};
+use super::{Background, Outcome, Schedule, Slot, Snapshot, Token, TokenCell};
 use crate::error::{RefreshError, TransientError, TransientKind};
 use crate::source::TokenRequest;
 use crate::token::{AccessToken, RefreshToken, TokenSet};
@@ -42,7 +42,7 @@ impl TokenCell {
     ) -> Flight {
         let (sender, flight) = watch::channel(None);
         slot.flight = Some(flight.clone());
-        self.update_snapshot(|s| s.refreshing = true);
+        self.update_snapshot(|s| s.background = Background::Running);
         let guard = FlightGuard {
             cell: self.clone(),
             sender: Some(sender),
@@ -53,12 +53,7 @@ impl TokenCell {
 
     /// Replaces the snapshot with an edited copy. Call under the slot's mutex.
     fn update_snapshot(&self, edit: impl FnOnce(&mut Snapshot)) {
-        let current = self.snapshot.load();
-        let mut next = Snapshot {
-            token: current.token.clone(),
-            refreshing: current.refreshing,
-            background_not_before: current.background_not_before,
-        };
+        let mut next = Snapshot::clone(&self.snapshot.load());
         edit(&mut next);
         self.snapshot.store(Arc::new(next));
     }
@@ -141,14 +136,18 @@ impl TokenCell {
         }
         slot.flight = None;
         let min_interval_end = slot.last_started.map(|at| at + slot.schedule.min_interval);
-        let not_before = min_interval_end.max(slot.cooldown_until);
+        let background = match &outcome {
+            Err(RefreshError::Reauth(_)) => Background::Blocked,
+            _ => Background::Idle {
+                not_before: min_interval_end.max(slot.cooldown_until),
+            },
+        };
         let token = outcome.as_ref().ok().cloned();
         self.update_snapshot(|s| {
             if token.is_some() {
                 s.token = token;
             }
-            s.refreshing = false;
-            s.background_not_before = not_before;
+            s.background = background;
         });
         outcome
     }
@@ -188,7 +187,9 @@ impl TokenCell {
         slot.last_error = None;
         self.update_snapshot(|s| {
             s.token = Some(outcome);
-            s.background_not_before = None;
+            if !matches!(s.background, Background::Running) {
+                s.background = Background::Idle { not_before: None };
+            }
         });
         Ok(())
     }

@@ -77,14 +77,35 @@ impl Token {
 }
 
 /// What the request path reads, swapped whole on every change.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Snapshot {
     token: Option<Token>,
-    /// A refresh is running; a stale request need not start one.
-    refreshing: bool,
-    /// No background refresh starts before this (cooldown after a failure, or the minimum
-    /// interval between refreshes).
-    background_not_before: Option<Instant>,
+    background: Background,
+}
+
+/// Whether a STALE request may start a background refresh.
+#[derive(Clone, Copy, Debug)]
+enum Background {
+    /// Yes, from `not_before` on (the cooldown after a failure, or the minimum interval
+    /// between refreshes).
+    Idle { not_before: Option<Instant> },
+    /// No: one is running.
+    Running,
+    /// No: the server refused the grant. Only a manual refresh or new tokens lift it, since
+    /// sending the refused refresh token again cannot succeed.
+    Blocked,
+}
+
+impl Default for Background {
+    fn default() -> Self {
+        Background::Idle { not_before: None }
+    }
+}
+
+impl Background {
+    fn may_start(self, now: Instant) -> bool {
+        matches!(self, Background::Idle { not_before } if not_before.is_none_or(|at| now >= at))
+    }
 }
 
 /// What only writers touch, under the slot's mutex.
@@ -166,8 +187,7 @@ impl TokenCell {
         match token.phase(now) {
             Phase::Fresh => {}
             Phase::Stale => {
-                let allowed = snapshot.background_not_before.is_none_or(|at| now >= at);
-                if !snapshot.refreshing && allowed {
+                if snapshot.background.may_start(now) {
                     self.refresh_in_background();
                 }
             }
@@ -207,10 +227,12 @@ impl TokenCell {
         if let Some(flight) = &slot.flight {
             return Decision::Wait(flight.clone());
         }
-        if let (Some(until), Some(error)) = (slot.cooldown_until, &slot.last_error)
-            && now < until
-        {
-            return Decision::Fail(error.clone());
+        match &slot.last_error {
+            Some(error @ RefreshError::Reauth(_)) => return Decision::Fail(error.clone()),
+            Some(error) if slot.cooldown_until.is_some_and(|until| now < until) => {
+                return Decision::Fail(error.clone());
+            }
+            _ => {}
         }
         let mut delay_until = None;
         if let Some(last) = slot.last_started {
@@ -236,10 +258,7 @@ impl TokenCell {
         }
         let mut slot = self.lock_slot();
         let now = Instant::now();
-        let snapshot = self.snapshot.load();
-        let allowed = snapshot.background_not_before.is_none_or(|at| now >= at);
-        if slot.flight.is_none() && allowed {
-            drop(snapshot);
+        if slot.flight.is_none() && self.snapshot.load().background.may_start(now) {
             self.start_flight(&mut slot, None, "refresh_ahead");
         }
     }
@@ -284,8 +303,7 @@ impl TokenCell {
         };
         self.snapshot.store(Arc::new(Snapshot {
             token: Some(token),
-            refreshing: snapshot.refreshing,
-            background_not_before: snapshot.background_not_before,
+            background: snapshot.background,
         }));
     }
 

@@ -1,0 +1,10 @@
+//! Integration tests: the layer in tower stacks, with in-memory token sources and APIs.
+//! Time-dependent tests run on tokio's paused clock.
+
+mod outcomes;
+mod refresh;
+mod request_path;
+mod retry;
+mod secrets;
+mod stack;
+mod support;
