@@ -100,6 +100,9 @@ async fn newer_generation_is_used_without_a_refresh() {
     });
     let call = tokio::spawn(layer.layer(api).oneshot(get()));
     tokio::task::yield_now().await;
+    // Past the minimum interval between refreshes, so nothing but the generation rule
+    // keeps the rejection from refreshing again.
+    tokio::time::advance(Duration::from_secs(2)).await;
     layer.refresh().await.unwrap();
     gate.notify_one();
 

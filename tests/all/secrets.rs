@@ -1,7 +1,7 @@
 //! Secrets never print; refreshes are traced and counted.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use oauth_refresh::{RefreshLayer, TokenRequest};
@@ -52,34 +52,36 @@ impl Write for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
-async fn refreshes_are_traced_without_secrets() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+/// Everything any test traces goes here. A global subscriber, because tracing caches each
+/// callsite's interest process-wide: a thread-local one races with the other tests' threads.
+fn trace_log() -> &'static Captured {
+    static LOG: OnceLock<Captured> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        captured
+    })
+}
 
-    let source = TestSource::build(
-        Some(Duration::from_secs(3600)),
-        true,
-        false,
-        Some("rt-secret"),
-    );
+#[tokio::test(start_paused = true)]
+async fn refreshes_are_traced_without_secrets() {
+    let log = trace_log();
+    let source = TestSource::build(Some(Duration::from_secs(3600)), true, false, Some("rt-secret"))
+        .with_host("traced.test");
     let layer = RefreshLayer::new(source);
     layer.layer(Api::open()).oneshot(get()).await.unwrap();
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(log.contains("refresh started"), "{log}");
-    assert!(log.contains("token refreshed"), "{log}");
-    assert!(
-        log.contains("grant=\"test\"") || log.contains("grant=test"),
-        "{log}"
-    );
-    assert!(log.contains("auth.test"), "{log}");
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let ours: Vec<&str> = log.lines().filter(|line| line.contains("traced.test")).collect();
+    assert!(ours.iter().any(|l| l.contains("refresh started")), "{log}");
+    assert!(ours.iter().any(|l| l.contains("token refreshed")), "{log}");
+    assert!(ours.iter().any(|l| l.contains("grant=\"test\"") || l.contains("grant=test")), "{log}");
     assert!(!log.contains("at-1") && !log.contains("rt-"), "{log}");
 }
 

@@ -37,6 +37,7 @@ struct Inner {
     gate: Option<Semaphore>,
     requests: Mutex<Vec<(Instant, Option<String>, u32)>>,
     initial_refresh_token: Option<RefreshToken>,
+    host: std::sync::OnceLock<String>,
 }
 
 /// A token source whose answers a test scripts; by default it issues `at-1`, `at-2`, ...
@@ -62,12 +63,19 @@ impl TestSource {
             gate: gated.then(|| Semaphore::new(0)),
             requests: Mutex::new(Vec::new()),
             initial_refresh_token: initial_refresh_token.map(RefreshToken::new),
+            host: std::sync::OnceLock::new(),
         }))
     }
 
     /// Queues what the next fetches do, in order; after the script, `Issue`.
     pub fn then(&self, step: Step) -> &Self {
         self.0.script.lock().unwrap().push_back(step);
+        self
+    }
+
+    /// Names the token endpoint's host (default `auth.test`), once.
+    pub fn with_host(self, host: &str) -> Self {
+        self.0.host.set(host.to_owned()).expect("host set once");
         self
     }
 
@@ -129,7 +137,7 @@ impl TokenSource for TestSource {
     }
 
     fn host(&self) -> Option<&str> {
-        Some("auth.test")
+        Some(self.0.host.get().map_or("auth.test", String::as_str))
     }
 
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
