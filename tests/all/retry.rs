@@ -104,6 +104,7 @@ async fn newer_generation_is_used_without_a_refresh() {
     // keeps the rejection from refreshing again.
     tokio::time::advance(Duration::from_secs(2)).await;
     layer.refresh().await.unwrap();
+    tokio::time::advance(Duration::from_secs(2)).await;
     gate.notify_one();
 
     let response = call.await.unwrap().unwrap();
