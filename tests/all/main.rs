@@ -1,6 +1,7 @@
 //! Integration tests: the layer in tower stacks, with in-memory token sources and APIs.
 //! Time-dependent tests run on tokio's paused clock.
 
+mod alloc;
 mod outcomes;
 mod refresh;
 mod request_path;

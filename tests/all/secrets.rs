@@ -72,16 +72,28 @@ fn trace_log() -> &'static Captured {
 #[tokio::test(start_paused = true)]
 async fn refreshes_are_traced_without_secrets() {
     let log = trace_log();
-    let source = TestSource::build(Some(Duration::from_secs(3600)), true, false, Some("rt-secret"))
-        .with_host("traced.test");
+    let source = TestSource::build(
+        Some(Duration::from_secs(3600)),
+        true,
+        false,
+        Some("rt-secret"),
+    )
+    .with_host("traced.test");
     let layer = RefreshLayer::new(source);
     layer.layer(Api::open()).oneshot(get()).await.unwrap();
 
     let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    let ours: Vec<&str> = log.lines().filter(|line| line.contains("traced.test")).collect();
+    let ours: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("traced.test"))
+        .collect();
     assert!(ours.iter().any(|l| l.contains("refresh started")), "{log}");
     assert!(ours.iter().any(|l| l.contains("token refreshed")), "{log}");
-    assert!(ours.iter().any(|l| l.contains("grant=\"test\"") || l.contains("grant=test")), "{log}");
+    assert!(
+        ours.iter()
+            .any(|l| l.contains("grant=\"test\"") || l.contains("grant=test")),
+        "{log}"
+    );
     assert!(!log.contains("at-1") && !log.contains("rt-"), "{log}");
 }
 

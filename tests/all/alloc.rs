@@ -1,0 +1,89 @@
+//! The hot path allocates nothing beyond what a static header costs.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{Future, ready};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::Empty;
+use oauth_refresh::RefreshLayer;
+use tower::{Layer, Service};
+use tower_http::set_header::SetRequestHeaderLayer;
+
+use crate::support::TestSource;
+
+/// Counts allocations made by the current thread, so parallel tests do not interfere.
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations of `rounds` ready-then-call-then-poll rounds, request building included.
+fn allocations<S>(service: &mut S, rounds: usize) -> usize
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let before = ALLOCATIONS.with(Cell::get);
+    for _ in 0..rounds {
+        let request = Request::get("https://api.test/items").body(()).unwrap();
+        assert!(service.poll_ready(&mut cx).is_ready());
+        let future = pin!(service.call(request));
+        match future.poll(&mut cx) {
+            Poll::Ready(Ok(response)) => drop(response),
+            _ => panic!("the inner service answers at once"),
+        }
+    }
+    ALLOCATIONS.with(Cell::get) - before
+}
+
+#[test]
+fn fresh_requests_allocate_no_more_than_a_static_header() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let inner = tower::service_fn(|_: Request<()>| {
+        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+    });
+
+    let mut baseline = SetRequestHeaderLayer::overriding(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer at-1"),
+    )
+    .layer(inner);
+    let layer = RefreshLayer::new(TestSource::new(Duration::from_secs(3600)));
+    runtime.block_on(layer.refresh()).unwrap();
+    let mut with_retry = layer.layer(inner);
+    let mut without_retry = layer.clone().retry(false).layer(inner);
+
+    // warm up thread-locals (arc-swap's debt list among them)
+    allocations(&mut with_retry, 10);
+    allocations(&mut without_retry, 10);
+
+    let static_header = allocations(&mut baseline, 100);
+    assert_eq!(allocations(&mut without_retry, 100), static_header);
+    // The replay copy of a request with no extensions and an empty body allocates nothing.
+    assert_eq!(allocations(&mut with_retry, 100), static_header);
+}
