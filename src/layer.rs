@@ -32,6 +32,7 @@ use crate::token::TokenSet;
 /// ```
 /// use std::time::Duration;
 /// use oauth_refresh::{AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource};
+/// use http_body_util::BodyExt;
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
 /// # struct Static;
@@ -54,7 +55,8 @@ use crate::token::TokenSet;
 /// let service = ServiceBuilder::new().layer(layer.clone()).service(api);
 ///
 /// let response = service.oneshot(http::Request::new(String::new())).await?;
-/// assert_eq!(response.into_body().into_inner().ok().unwrap(), "Bearer at-1");
+/// let body = response.into_body().collect().await?.to_bytes();
+/// assert_eq!(body, "Bearer at-1");
 /// assert_eq!(layer.stats().refreshes, 1);
 /// # Ok(())
 /// # }

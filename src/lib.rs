@@ -56,11 +56,20 @@
 //! [`ConfigurationError`] (the client is refused), and [`InsecureTransport`].
 //!
 //! ```
-//! # fn handle(err: tower::BoxError) {
-//! if let Some(reauth) = err.downcast_ref::<oauth_refresh::ReauthRequired>() {
-//!     eprintln!("{reauth}"); // "... the user must sign in again"
+//! use oauth_refresh::{ReauthRequired, TransientError};
+//!
+//! fn handle(err: tower::BoxError) -> &'static str {
+//!     if let Some(reauth) = err.downcast_ref::<ReauthRequired>() {
+//!         eprintln!("{reauth}"); // "... the user must sign in again"
+//!         "show the sign-in page"
+//!     } else if err.is::<TransientError>() {
+//!         "try again later"
+//!     } else {
+//!         "report the error"
+//!     }
 //! }
-//! # }
+//! # let err: tower::BoxError = Box::new(ReauthRequired::new("invalid_grant"));
+//! assert_eq!(handle(err), "show the sign-in page");
 //! ```
 //!
 //! # Minimum supported Rust version
