@@ -74,7 +74,7 @@
 //!
 //! # Minimum supported Rust version
 //!
-//! Rust 1.85 (edition 2024).
+//! Rust 1.88 (edition 2024, let chains).
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![forbid(unsafe_code)]

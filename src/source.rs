@@ -83,3 +83,19 @@ impl fmt::Debug for dyn TokenSource {
 
 #[allow(dead_code)]
 fn _obj_safe(_: &dyn TokenSource) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_request_debug_hides_the_refresh_token() {
+        let request = TokenRequest {
+            refresh_token: Some(RefreshToken::new("s3cr3t-refresh")),
+            attempt: 2,
+        };
+        let printed = format!("{request:?}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("attempt: 2"), "{printed}");
+    }
+}

@@ -46,6 +46,7 @@ impl TokenCell {
         let guard = FlightGuard {
             cell: self.clone(),
             sender: Some(sender),
+            started_at_generation: slot.last_generation,
         };
         tokio::spawn(guard.run(delay_until, trigger));
         flight
@@ -106,9 +107,19 @@ impl TokenCell {
     fn settle(
         &self,
         slot: &mut Slot,
+        started_at_generation: u64,
         result: Result<(TokenSet, Instant), RefreshError>,
     ) -> Outcome {
         let now = Instant::now();
+        if slot.last_generation != started_at_generation
+            && let Some(seeded) = self.snapshot.load().token.clone()
+        {
+            // Tokens from a new sign-in were installed while this refresh ran: they win over
+            // whatever the older grant returned, and its failure says nothing about them.
+            slot.flight = None;
+            self.update_snapshot(|s| s.background = Background::Idle { not_before: None });
+            return Ok(seeded);
+        }
         let outcome = match result {
             Ok((set, sent_at)) => self.install(slot, set, sent_at),
             Err(error) => Err(error),
@@ -210,6 +221,9 @@ fn bearer_header(access_token: &AccessToken) -> Result<HeaderValue, RefreshError
 struct FlightGuard {
     cell: Arc<TokenCell>,
     sender: Option<watch::Sender<Option<Outcome>>>,
+    /// The cell's generation when the refresh was started: if it moves meanwhile, tokens
+    /// were installed by hand.
+    started_at_generation: u64,
 }
 
 impl FlightGuard {
@@ -239,7 +253,7 @@ impl FlightGuard {
         }
         .instrument(span.clone())
         .await;
-        let outcome = cell.settle(&mut cell.lock_slot(), result);
+        let outcome = cell.settle(&mut cell.lock_slot(), self.started_at_generation, result);
         let _entered = span.enter();
         match &outcome {
             Ok(token) => {
@@ -270,7 +284,9 @@ impl Drop for FlightGuard {
         };
         let error: RefreshError = TransientError::new(TransientKind::Aborted).into();
         let mut slot = self.cell.lock_slot();
-        let outcome = self.cell.settle(&mut slot, Err(error));
+        let outcome = self
+            .cell
+            .settle(&mut slot, self.started_at_generation, Err(error));
         drop(slot);
         sender.send_replace(Some(outcome));
     }

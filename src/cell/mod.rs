@@ -360,3 +360,44 @@ pub struct Stats {
     /// The class of the last refresh error, cleared by the next success.
     pub last_error: Option<RefreshErrorKind>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_debug_hides_the_header() {
+        let mut header = HeaderValue::from_static("Bearer s3cr3t-access");
+        header.set_sensitive(true);
+        let token = Token {
+            generation: 3,
+            header,
+            expires_at: None,
+            refresh_at: None,
+            rejected: false,
+        };
+        let printed = format!("{token:?} {token:#?}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(printed.contains("generation: 3"), "{printed}");
+    }
+
+    #[test]
+    fn phase_follows_the_clock() {
+        let now = Instant::now();
+        let token = Token {
+            generation: 1,
+            header: HeaderValue::from_static("Bearer x"),
+            expires_at: Some(now + Duration::from_secs(10)),
+            refresh_at: Some(now + Duration::from_secs(5)),
+            rejected: false,
+        };
+        assert_eq!(token.phase(now), Phase::Fresh);
+        assert_eq!(token.phase(now + Duration::from_secs(5)), Phase::Stale);
+        assert_eq!(token.phase(now + Duration::from_secs(10)), Phase::Expired);
+        let rejected = Token {
+            rejected: true,
+            ..token
+        };
+        assert_eq!(rejected.phase(now), Phase::Expired);
+    }
+}

@@ -237,3 +237,27 @@ async fn configuration_error_is_told_apart_from_reauth() {
         Some(RefreshErrorKind::Configuration)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn tokens_from_a_sign_in_win_over_a_refresh_running_meanwhile() {
+    let source = TestSource::build(Some(Duration::from_secs(100)), true, true, Some("rt-old"));
+    let layer = RefreshLayer::new(source.clone());
+    let service = layer.layer(Api::open());
+    let waiting = tokio::spawn(service.clone().oneshot(get()));
+    tokio::task::yield_now().await;
+
+    let mut tokens = oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("signed-in"));
+    tokens.expires_in = Some(Duration::from_secs(100));
+    tokens.refresh_token = Some(oauth_refresh::RefreshToken::new("rt-signed-in"));
+    layer.set_tokens(tokens).unwrap();
+    source.then(Step::Fail(invalid_grant()));
+    source.open(1);
+
+    let response = waiting.await.unwrap().unwrap();
+    assert_eq!(text(response).await, "hello signed-in");
+    assert_eq!(layer.stats().last_error, None);
+    tokio::time::advance(Duration::from_secs(101)).await;
+    source.open(1);
+    service.oneshot(get()).await.unwrap();
+    assert_eq!(source.requests()[1].1.as_deref(), Some("rt-signed-in"));
+}

@@ -206,6 +206,12 @@ impl Api {
     }
 }
 
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("calls", &self.calls()).finish()
+    }
+}
+
 impl<B> tower::Service<Request<B>> for Api {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
