@@ -277,9 +277,9 @@ impl TokenCell {
 
     /// Marks the current token rejected: the next request waits for a refresh.
     pub(crate) fn invalidate(&self) {
-        let _slot = self.lock_slot();
-        if let Some(token) = &self.snapshot.load().token {
-            self.mark_rejected(token.generation);
+        let current = self.snapshot.load().token.as_ref().map(|t| t.generation);
+        if let Some(generation) = current {
+            self.invalidate_generation(generation);
         }
     }
 
