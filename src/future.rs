@@ -217,7 +217,7 @@ pub(crate) async fn send_after_refresh<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     service: S,
     mut request: Request<ReqBody>,
-    retry: bool,
+    resend: Resend<S, ReqBody>,
 ) -> Result<Response<RefreshBody<ResBody>>, BoxError>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -234,22 +234,9 @@ where
         .acquire(None)
         .await
         .map_err(RefreshError::into_box)?;
-    let replay = if retry {
-        Replay::capture(&request)
-    } else {
-        None
-    };
     request
         .headers_mut()
         .insert(header::AUTHORIZATION, token.header);
-    let resend = match replay {
-        Some(replay) => Resend::Replay {
-            service: service.clone(),
-            replay,
-        },
-        None if retry => Resend::Unavailable(RetryStatus::BodyNotReplayable),
-        None => Resend::Unavailable(RetryStatus::Disabled),
-    };
     let response = service.oneshot(request).await.map_err(Into::into)?;
     let verdict = shared
         .classifier

@@ -89,41 +89,49 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if request.headers().contains_key(header::AUTHORIZATION)
-            || request.extensions().get::<SkipAuth>().is_some()
-        {
+        if request.extensions().get::<SkipAuth>().is_some() {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        if !self.shared.allow_insecure_http
-            && let Some(host) = insecure_host(request.uri())
-        {
-            return ResponseFuture::failed(InsecureTransport::new(host).into());
-        }
-        let retry = self.shared.retry && request.extensions().get::<NoRetry>().is_none();
-
-        let Some((authorization, generation)) = self.shared.cell.current() else {
-            // EXPIRED: wait for the refresh without holding the readied service, which may
-            // hold a permit (a buffer slot, a concurrency limit) that others need meanwhile.
-            let later = self.inner.clone();
-            drop(mem::replace(&mut self.inner, later.clone()));
-            return ResponseFuture::slow(future::send_after_refresh(
-                self.shared.clone(),
-                later,
-                request,
-                retry,
-            ));
+        let insecure = match self.shared.allow_insecure_http {
+            false => insecure_host(request.uri()).map(InsecureTransport::new),
+            true => None,
         };
-
+        let retry = self.shared.retry && request.extensions().get::<NoRetry>().is_none();
+        // Copied before the token goes in; wasted only on a request that carries its own
+        // credentials.
         let replay = if retry {
             Replay::capture(&request)
         } else {
             None
         };
-        request
-            .headers_mut()
-            .insert(header::AUTHORIZATION, authorization);
+
+        let header::Entry::Vacant(authorization_slot) =
+            request.headers_mut().entry(header::AUTHORIZATION)
+        else {
+            return ResponseFuture::passthrough(self.inner.call(request));
+        };
+        if let Some(insecure) = insecure {
+            return ResponseFuture::failed(insecure.into());
+        }
+        let Some((authorization, generation)) = self.shared.cell.current() else {
+            // EXPIRED: wait for the refresh without holding the readied service, which may
+            // hold a permit (a buffer slot, a concurrency limit) that others need meanwhile.
+            let later = self.inner.clone();
+            drop(mem::replace(&mut self.inner, later.clone()));
+            let resend = resend_plan(retry, replay, &later);
+            return ResponseFuture::slow(future::send_after_refresh(
+                self.shared.clone(),
+                later,
+                request,
+                resend,
+            ));
+        };
+        authorization_slot.insert(authorization);
+
         let resend = match replay {
             Some(replay) => {
+                // Keep the service `poll_ready` readied for this call and its resend; leave a
+                // fresh clone for the next `poll_ready`.
                 let fresh = self.inner.clone();
                 let mut readied = mem::replace(&mut self.inner, fresh);
                 let response = readied.call(request);
@@ -133,11 +141,22 @@ where
                 };
                 return ResponseFuture::called(response, self.shared.clone(), generation, resend);
             }
-            None if retry => Resend::Unavailable(RetryStatus::BodyNotReplayable),
-            None => Resend::Unavailable(RetryStatus::Disabled),
+            None => resend_plan::<S, ReqBody>(retry, None, &self.inner),
         };
         let response = self.inner.call(request);
         ResponseFuture::called(response, self.shared.clone(), generation, resend)
+    }
+}
+
+/// What a rejection of this request will lead to.
+fn resend_plan<S: Clone, B>(retry: bool, replay: Option<Replay<B>>, service: &S) -> Resend<S, B> {
+    match replay {
+        Some(replay) => Resend::Replay {
+            service: service.clone(),
+            replay,
+        },
+        None if retry => Resend::Unavailable(RetryStatus::BodyNotReplayable),
+        None => Resend::Unavailable(RetryStatus::Disabled),
     }
 }
 

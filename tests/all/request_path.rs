@@ -245,3 +245,20 @@ pub async fn wait_for(done: impl Fn() -> bool) {
     }
     panic!("condition not reached");
 }
+
+#[tokio::test(start_paused = true)]
+async fn own_credentials_over_plain_http_are_not_our_business() {
+    let source = TestSource::new(HOUR);
+    let api = Api::open();
+    let request = http::Request::get("http://api.example.com/items")
+        .header(header::AUTHORIZATION, "Bearer mine")
+        .body(())
+        .unwrap();
+    let response = RefreshLayer::new(source.clone())
+        .layer(api.clone())
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(text(response).await, "hello mine");
+    assert_eq!(source.calls(), 0);
+}
