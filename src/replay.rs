@@ -21,16 +21,16 @@ pub(crate) struct Replay<B> {
 
 impl<B: 'static> Replay<B> {
     /// Copies `request`, or `None` if its body cannot be replayed.
-    pub(crate) fn capture(request: &Request<B>) -> Option<Self> {
+    pub(crate) fn capture(request: &Request<B>) -> Option<Box<Self>> {
         let body = clone_body(request.body())?;
-        Some(Replay {
+        Some(Box::new(Replay {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
             headers: request.headers().clone(),
             extensions: request.extensions().clone(),
             body,
-        })
+        }))
     }
 
     /// The request again, with a new `Authorization` value.
@@ -127,7 +127,7 @@ mod tests {
             .unwrap();
         request.extensions_mut().insert(7u32);
         let replay = Replay::capture(&request).unwrap();
-        let again = replay.into_request(HeaderValue::from_static("Bearer new"));
+        let again = (*replay).into_request(HeaderValue::from_static("Bearer new"));
         assert_eq!(again.method(), Method::POST);
         assert_eq!(again.uri(), "https://api.example.com/items?x=1");
         assert_eq!(again.headers()["content-type"], "application/json");

@@ -149,7 +149,11 @@ where
 }
 
 /// What a rejection of this request will lead to.
-fn resend_plan<S: Clone, B>(retry: bool, replay: Option<Replay<B>>, service: &S) -> Resend<S, B> {
+fn resend_plan<S: Clone, B>(
+    retry: bool,
+    replay: Option<Box<Replay<B>>>,
+    service: &S,
+) -> Resend<S, B> {
     match replay {
         Some(replay) => Resend::Replay {
             service: service.clone(),

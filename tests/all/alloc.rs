@@ -1,4 +1,4 @@
-//! The hot path allocates nothing beyond what a static header costs.
+//! The hot path allocates what a static header costs, plus the replay copy when the retry is on.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -58,7 +58,7 @@ where
 }
 
 #[test]
-fn fresh_requests_allocate_no_more_than_a_static_header() {
+fn fresh_requests_allocate_as_a_static_header_plus_the_replay_box() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -83,7 +83,9 @@ fn fresh_requests_allocate_no_more_than_a_static_header() {
     allocations(&mut without_retry, 10);
 
     let static_header = allocations(&mut baseline, 100);
+    // Reading the token, attaching it and classifying the answer allocate nothing.
     assert_eq!(allocations(&mut without_retry, 100), static_header);
-    // The replay copy of a request with no extensions and an empty body allocates nothing.
-    assert_eq!(allocations(&mut with_retry, 100), static_header);
+    // The replay copy is one box per request (plus, for a request that has headers or
+    // extensions, their clones); it is what the retry costs.
+    assert_eq!(allocations(&mut with_retry, 100), static_header + 100);
 }
