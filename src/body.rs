@@ -18,7 +18,6 @@ pin_project! {
     where
         B: Body,
     {
-        read: VecDeque<Frame<B::Data>>,
         #[pin]
         inner: Inner<B>,
     }
@@ -26,33 +25,29 @@ pin_project! {
 
 pin_project! {
     #[project = InnerProj]
-    enum Inner<B> {
+    #[project_ref = InnerRef]
+    enum Inner<B>
+    where
+        B: Body,
+    {
         // The common case: the body as the service returned it, not moved since.
         Plain { #[pin] body: B },
-        // A body that was polled before it was handed back, so it lives in a box.
-        Boxed { body: Pin<Box<B>> },
+        // A classifier read these frames first, so the body was polled before being handed
+        // back, and lives in a box.
+        Read { frames: VecDeque<Frame<B::Data>>, body: Pin<Box<B>> },
     }
 }
 
 impl<B: Body> RefreshBody<B> {
     pub(crate) fn new(body: B) -> Self {
         RefreshBody {
-            read: VecDeque::new(),
             inner: Inner::Plain { body },
         }
     }
 
-    pub(crate) fn with_read_frames(read: VecDeque<Frame<B::Data>>, body: Pin<Box<B>>) -> Self {
+    pub(crate) fn with_read_frames(frames: VecDeque<Frame<B::Data>>, body: Pin<Box<B>>) -> Self {
         RefreshBody {
-            read,
-            inner: Inner::Boxed { body },
-        }
-    }
-
-    fn inner_ref(&self) -> &B {
-        match &self.inner {
-            Inner::Plain { body } => body,
-            Inner::Boxed { body } => body,
+            inner: Inner::Read { frames, body },
         }
     }
 }
@@ -65,31 +60,36 @@ impl<B: Body> Body for RefreshBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        if let Some(frame) = this.read.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        match this.inner.project() {
+        match self.project().inner.project() {
             InnerProj::Plain { body } => body.poll_frame(cx),
-            InnerProj::Boxed { body } => body.as_mut().poll_frame(cx),
+            InnerProj::Read { frames, body } => match frames.pop_front() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => body.as_mut().poll_frame(cx),
+            },
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.read.is_empty() && self.inner_ref().is_end_stream()
+        match &self.inner {
+            Inner::Plain { body } => body.is_end_stream(),
+            Inner::Read { frames, body } => frames.is_empty() && body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        let read: u64 = self
-            .read
+        let (frames, body): (&VecDeque<_>, &B) = match &self.inner {
+            Inner::Plain { body } => return body.size_hint(),
+            Inner::Read { frames, body } => (frames, body),
+        };
+        let read: u64 = frames
             .iter()
             .filter_map(Frame::data_ref)
             .map(|data| data.remaining() as u64)
             .sum();
-        let inner = self.inner_ref().size_hint();
+        let rest = body.size_hint();
         let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + read);
-        if let Some(upper) = inner.upper() {
+        hint.set_lower(rest.lower() + read);
+        if let Some(upper) = rest.upper() {
             hint.set_upper(upper + read);
         }
         hint
@@ -98,8 +98,12 @@ impl<B: Body> Body for RefreshBody<B> {
 
 impl<B: Body> std::fmt::Debug for RefreshBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let read_frames = match &self.inner {
+            Inner::Plain { .. } => 0,
+            Inner::Read { frames, .. } => frames.len(),
+        };
         f.debug_struct("RefreshBody")
-            .field("read_frames", &self.read.len())
+            .field("read_frames", &read_frames)
             .finish_non_exhaustive()
     }
 }

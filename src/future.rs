@@ -155,16 +155,17 @@ where
             match this.state.as_mut().project() {
                 StateProj::Called { future, after } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
-                    let after = after
-                        .take()
-                        .expect("ResponseFuture polled after completion");
                     let verdict = after
+                        .as_ref()
+                        .expect("ResponseFuture polled after completion")
                         .shared
                         .classifier
                         .classify(response.status(), response.headers());
                     if verdict == Verdict::Accepted {
+                        *after = None;
                         return Poll::Ready(Ok(response.map(RefreshBody::new)));
                     }
+                    let after = after.take().expect("checked above");
                     let slow = finish(
                         after.shared,
                         response,

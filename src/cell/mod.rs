@@ -65,6 +65,7 @@ pub(crate) enum Phase {
 }
 
 impl Token {
+    #[inline]
     pub(crate) fn phase(&self, now: Instant) -> Phase {
         if self.rejected || self.expires_at.is_some_and(|at| now >= at) {
             Phase::Expired
@@ -103,6 +104,7 @@ impl Default for Background {
 }
 
 impl Background {
+    #[inline]
     fn may_start(self, now: Instant) -> bool {
         matches!(self, Background::Idle { not_before } if not_before.is_none_or(|at| now >= at))
     }
@@ -180,6 +182,7 @@ impl TokenCell {
     /// [`acquire`](Self::acquire).
     ///
     /// This is the hot path: one `ArcSwap` load, one clock read, one header clone.
+    #[inline]
     pub(crate) fn current(self: &Arc<Self>) -> Option<(HeaderValue, u64)> {
         let snapshot = self.snapshot.load();
         let token = snapshot.token.as_ref()?;
