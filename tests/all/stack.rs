@@ -186,3 +186,42 @@ async fn reauth_is_reachable_through_buffer() {
         .expect("ReauthRequired through Buffer");
     assert_eq!(reauth.error(), "invalid_grant");
 }
+
+#[tokio::test(start_paused = true)]
+async fn step_by_step_a_request_is_resent_once_and_never_again() {
+    let source = TestSource::new(Duration::from_secs(3600));
+    let layer = RefreshLayer::new(source.clone());
+    layer.refresh().await.unwrap();
+    let (mock, mut handle) =
+        tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
+    let mut service = tower_test::mock::Spawn::new(layer.layer(mock));
+    let unauthorized = || {
+        Response::builder()
+            .status(401)
+            .header("www-authenticate", r#"Bearer error="invalid_token""#)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+
+    handle.allow(10);
+    tokio_test::assert_ready_ok!(service.poll_ready());
+    let response = tokio::spawn(service.call(get()));
+
+    let (request, reply) = handle.next_request().await.unwrap();
+    assert_eq!(request.headers()["authorization"], "Bearer at-1");
+    reply.send_response(unauthorized());
+
+    // refreshed, then resent once with the new token
+    let (request, reply) = handle.next_request().await.unwrap();
+    assert_eq!(request.headers()["authorization"], "Bearer at-2");
+    reply.send_response(unauthorized());
+
+    let response = response.await.unwrap().unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.extensions().get(),
+        Some(&oauth_refresh::RetryStatus::Retried)
+    );
+    tokio_test::assert_pending!(tokio_test::task::spawn(handle.next_request()).poll());
+    assert_eq!(source.calls(), 2);
+}
