@@ -31,9 +31,12 @@ use crate::replay::Replay;
 /// # Cost
 ///
 /// A request whose token is fresh costs an `ArcSwap` load, a clock read, a clone of the
-/// prebuilt header value and of one `Arc`. With the retry on and a body that can be replayed,
-/// add the replay copy (method, URI, headers, extensions, body) and a clone of the inner
-/// service. `benches/hot_path.rs` measures both against a static header.
+/// prebuilt header value and of one `Arc`, and one header-map entry. With the retry on and a
+/// body that can be replayed, add the replay copy (method, URI, headers, extensions and body,
+/// in one box) and a clone of the inner service. Over a trivial inner service and a request
+/// with three headers, `benches/hot_path.rs` measured about +78 ns a request with the retry
+/// off and +172 ns with it on, against about 204 ns for the same request through a static
+/// header (1.38x and 1.84x); a third of the first figure is the clock read.
 pub struct Refresh<S> {
     inner: S,
     shared: Arc<Shared>,
