@@ -153,28 +153,13 @@ async fn in_memory_bodies_are_replayed() {
     assert!(retried(()).await);
 }
 
-/// A body that can be read only once, like a stream from a file or a socket.
-struct OneShotBody(Option<Bytes>);
-
-impl Body for OneShotBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Poll::Ready(self.0.take().map(|data| Ok(Frame::data(data))))
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn unreplayable_body_is_sent_once_and_its_rejection_marked() {
     let source = TestSource::new(HOUR);
     let api = Api::accepting(|token| token != "at-1");
     let layer = RefreshLayer::new(source.clone());
     let request = Request::post("https://api.test/upload")
-        .body(OneShotBody(Some(Bytes::from_static(b"data"))))
+        .body(Tracked::new(b"data"))
         .unwrap();
 
     let response = layer.layer(api.clone()).oneshot(request).await.unwrap();
@@ -290,10 +275,20 @@ async fn body_classifier_counts_a_400_token_expired_as_a_rejection() {
     assert_eq!(text(response).await, r#"{"error":"bad_input","field":"x"}"#);
 }
 
-/// A response body that records whether it was read to the end.
+/// A body that can be read only once, like a stream from a socket, and records whether it
+/// was read to the end.
 struct Tracked {
     data: Option<Bytes>,
     read_to_end: Arc<AtomicBool>,
+}
+
+impl Tracked {
+    fn new(data: &'static [u8]) -> Self {
+        Tracked {
+            data: Some(Bytes::from_static(data)),
+            read_to_end: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 impl Body for Tracked {
