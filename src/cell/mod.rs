@@ -243,14 +243,22 @@ impl TokenCell {
             if now < earliest {
                 // A token that expired as it arrived (`expires_in: 0`, or a window wider
                 // than its life) is used rather than refreshed again at once: otherwise
-                // every request would cost a refresh.
+                // every request would cost a refresh. Only the token the last refresh
+                // brought, though: after a failure, the token left is an old one.
                 match &snapshot.token {
-                    Some(token) if !token.rejected => return Decision::Use(token.clone()),
+                    Some(token) if !token.rejected && slot.last_error.is_none() => {
+                        return Decision::Use(token.clone());
+                    }
                     _ => delay_until = Some(earliest),
                 }
             }
         }
-        Decision::Wait(self.start_flight(slot, delay_until, "expired"))
+        let trigger = if rejected.is_some() {
+            "rejected"
+        } else {
+            "expired"
+        };
+        Decision::Wait(self.start_flight(slot, delay_until, trigger))
     }
 
     /// Starts a refresh without anyone waiting on it, if none is running and none is due to

@@ -261,3 +261,36 @@ async fn tokens_from_a_sign_in_win_over_a_refresh_running_meanwhile() {
     service.oneshot(get()).await.unwrap();
     assert_eq!(source.requests()[1].1.as_deref(), Some("rt-signed-in"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_old_expired_token_is_not_sent_after_a_failed_refresh() {
+    let source = TestSource::new(Duration::from_secs(10));
+    let layer = RefreshLayer::new(source.clone());
+    let api = Api::open();
+    let service = layer.layer(api.clone());
+    service.clone().oneshot(get()).await.unwrap();
+
+    // at-1 expires; the refresh fails; the cooldown (at most 1 s) ends before the minimum
+    // interval since that refresh started (1 s) does.
+    tokio::time::advance(Duration::from_secs(11)).await;
+    source.then(Step::Fail(
+        TransientError::new(TransientKind::Network)
+            .resend_safe(false)
+            .into(),
+    ));
+    assert!(service.clone().oneshot(get()).await.is_err());
+    tokio::time::advance(Duration::from_millis(999)).await;
+
+    let response = service.oneshot(get()).await.unwrap();
+    assert_eq!(
+        text(response).await,
+        "hello at-3",
+        "the second fetch failed"
+    );
+    assert!(
+        !api.seen()
+            .iter()
+            .skip(1)
+            .any(|a| a.as_deref() == Some("Bearer at-1"))
+    );
+}
