@@ -46,6 +46,20 @@ pub(crate) enum Resend<S, B> {
     Unavailable(RetryStatus),
 }
 
+impl<S, B> Resend<S, B> {
+    pub(crate) fn replay(service: S, replay: Box<Replay<B>>) -> Self {
+        Resend::Replay { service, replay }
+    }
+
+    /// No replay copy: say why, on the rejection.
+    pub(crate) fn unavailable(retry: bool) -> Self {
+        Resend::Unavailable(match retry {
+            true => RetryStatus::BodyNotReplayable,
+            false => RetryStatus::Disabled,
+        })
+    }
+}
+
 pin_project! {
     /// The response future of [`Refresh`](crate::Refresh).
     pub struct ResponseFuture<S, ReqBody, ResBody>

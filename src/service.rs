@@ -14,7 +14,7 @@ use tower_service::Service;
 use crate::BoxError;
 use crate::body::RefreshBody;
 use crate::error::InsecureTransport;
-use crate::extension::{NoRetry, RetryStatus, SkipAuth};
+use crate::extension::{NoRetry, SkipAuth};
 use crate::future::{self, Resend, ResponseFuture};
 use crate::layer::Shared;
 use crate::replay::Replay;
@@ -121,7 +121,10 @@ where
             // hold a permit (a buffer slot, a concurrency limit) that others need meanwhile.
             let later = self.inner.clone();
             drop(mem::replace(&mut self.inner, later.clone()));
-            let resend = resend_plan(retry, replay, &later);
+            let resend = match replay {
+                Some(replay) => Resend::replay(later.clone(), replay),
+                None => Resend::unavailable(retry),
+            };
             return ResponseFuture::slow(future::send_after_refresh(
                 self.shared.clone(),
                 later,
@@ -131,39 +134,18 @@ where
         };
         authorization_slot.insert(authorization);
 
-        let resend = match replay {
+        let (response, resend) = match replay {
             Some(replay) => {
                 // Keep the service `poll_ready` readied for this call and its resend; leave a
                 // fresh clone for the next `poll_ready`.
                 let fresh = self.inner.clone();
                 let mut readied = mem::replace(&mut self.inner, fresh);
                 let response = readied.call(request);
-                let resend = Resend::Replay {
-                    service: readied,
-                    replay,
-                };
-                return ResponseFuture::called(response, self.shared.clone(), generation, resend);
+                (response, Resend::replay(readied, replay))
             }
-            None => resend_plan::<S, ReqBody>(retry, None, &self.inner),
+            None => (self.inner.call(request), Resend::unavailable(retry)),
         };
-        let response = self.inner.call(request);
         ResponseFuture::called(response, self.shared.clone(), generation, resend)
-    }
-}
-
-/// What a rejection of this request will lead to.
-fn resend_plan<S: Clone, B>(
-    retry: bool,
-    replay: Option<Box<Replay<B>>>,
-    service: &S,
-) -> Resend<S, B> {
-    match replay {
-        Some(replay) => Resend::Replay {
-            service: service.clone(),
-            replay,
-        },
-        None if retry => Resend::Unavailable(RetryStatus::BodyNotReplayable),
-        None => Resend::Unavailable(RetryStatus::Disabled),
     }
 }
 

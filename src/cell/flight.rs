@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Background, Outcome, Schedule, Slot, Snapshot, Token, TokenCell};
+use super::{Background, Outcome, Schedule, Slot, Token, TokenCell};
 use crate::error::{RefreshError, TransientError, TransientKind};
 use crate::source::TokenRequest;
 use crate::token::{AccessToken, RefreshToken, TokenSet};
@@ -50,13 +50,6 @@ impl TokenCell {
         };
         tokio::spawn(guard.run(delay_until, trigger));
         flight
-    }
-
-    /// Replaces the snapshot with an edited copy. Call under the slot's mutex.
-    fn update_snapshot(&self, edit: impl FnOnce(&mut Snapshot)) {
-        let mut next = Snapshot::clone(&self.snapshot.load());
-        edit(&mut next);
-        self.snapshot.store(Arc::new(next));
     }
 
     /// Calls the source, resending transient failures it says are safe to resend, with
@@ -125,11 +118,7 @@ impl TokenCell {
             Err(error) => Err(error),
         };
         match &outcome {
-            Ok(_) => {
-                slot.failures_in_a_row = 0;
-                slot.cooldown_until = None;
-                slot.last_error = None;
-            }
+            Ok(_) => slot.clear_failures(),
             Err(error) => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
                 if matches!(error, RefreshError::Reauth(_)) {
@@ -193,9 +182,7 @@ impl TokenCell {
     pub(crate) fn seed(&self, set: TokenSet) -> Result<(), RefreshError> {
         let mut slot = self.lock_slot();
         let outcome = self.install(&mut slot, set, Instant::now())?;
-        slot.failures_in_a_row = 0;
-        slot.cooldown_until = None;
-        slot.last_error = None;
+        slot.clear_failures();
         self.update_snapshot(|s| {
             s.token = Some(outcome);
             if !matches!(s.background, Background::Running) {

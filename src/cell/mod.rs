@@ -125,6 +125,15 @@ struct Slot {
     schedule: Schedule,
 }
 
+impl Slot {
+    /// Forgets past failures: a refresh succeeded or new tokens were installed.
+    fn clear_failures(&mut self) {
+        self.failures_in_a_row = 0;
+        self.cooldown_until = None;
+        self.last_error = None;
+    }
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     refreshes: AtomicU64,
@@ -312,10 +321,15 @@ impl TokenCell {
             rejected: true,
             ..token.clone()
         };
-        self.snapshot.store(Arc::new(Snapshot {
-            token: Some(token),
-            background: snapshot.background,
-        }));
+        drop(snapshot);
+        self.update_snapshot(|s| s.token = Some(token));
+    }
+
+    /// Replaces the snapshot with an edited copy. Call under the slot's mutex.
+    fn update_snapshot(&self, edit: impl FnOnce(&mut Snapshot)) {
+        let mut next = Snapshot::clone(&self.snapshot.load());
+        edit(&mut next);
+        self.snapshot.store(Arc::new(next));
     }
 
     /// Counts a request resent after its token was rejected.
