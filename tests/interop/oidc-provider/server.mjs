@@ -1,0 +1,358 @@
+// A real third-party OAuth 2.0 authorization server (oidc-provider) on loopback, for
+// oauth-refresh's interop tests. Test-only: in-memory state, fixed clients, headless login.
+//
+// Environment:
+//   PORT            port on 127.0.0.1 (default 0: a random free port)
+//   ACCESS_TTL      access token lifetime in seconds, for every grant (default 3)
+//   REFRESH_TTL     refresh token lifetime in seconds (default 86400)
+//   EXIT_WITH_STDIN "1": exit when standard input closes (the harness sets it, so a server
+//                   never outlives the test process that started it, even one killed hard)
+//
+// Standard output carries exactly one line, once listening: {"issuer":"http://127.0.0.1:<port>"}.
+// Everything else goes to standard error.
+
+import { generateKeyPairSync } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+
+import Provider from 'oidc-provider';
+
+// Keep stdout for the ready line alone.
+console.log = console.error;
+console.info = console.error;
+
+function envInt(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < 0) {
+    console.error(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const PORT = envInt('PORT', 0);
+const ACCESS_TTL = envInt('ACCESS_TTL', 3);
+const REFRESH_TTL = envInt('REFRESH_TTL', 24 * 60 * 60);
+const ACCOUNT_ID = 'alice';
+
+// The clients: clients.json is the one place their ids, secrets and redirect URI live (the
+// Rust harness mirrors it as constants and a test checks they agree). Secrets hold
+// `: + / % & = ~` and a space, so that a client must form-urlencode id and secret before Base64
+// (RFC 6749 §2.3.1): oidc-provider decodes them that way, so an unencoded `+` turns into a
+// space and an unencoded `%` fails to decode.
+const CLIENTS = JSON.parse(readFileSync(new URL('./clients.json', import.meta.url), 'utf8'));
+const API_SCOPES = 'api:read api:write';
+
+// ---------------------------------------------------------------------------------------------
+// A Map-based adapter, so that /__test/revoke_all can enumerate and destroy what is held.
+
+const stores = new Map(); // model name -> Map(id -> { payload, expiresAt })
+
+function storeFor(model) {
+  let store = stores.get(model);
+  if (!store) {
+    store = new Map();
+    stores.set(model, store);
+  }
+  return store;
+}
+
+function live(store, id) {
+  const entry = store.get(id);
+  if (!entry) return undefined;
+  if (entry.expiresAt !== undefined && entry.expiresAt <= Date.now()) {
+    store.delete(id);
+    return undefined;
+  }
+  return entry;
+}
+
+class MapAdapter {
+  constructor(model) {
+    this.model = model;
+    this.store = storeFor(model);
+  }
+
+  async upsert(id, payload, expiresIn) {
+    const expiresAt = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : undefined;
+    this.store.set(id, { payload, expiresAt });
+  }
+
+  async find(id) {
+    return live(this.store, id)?.payload;
+  }
+
+  async findByUid(uid) {
+    for (const id of this.store.keys()) {
+      const payload = live(this.store, id)?.payload;
+      if (payload?.uid === uid) return payload;
+    }
+    return undefined;
+  }
+
+  async findByUserCode(userCode) {
+    for (const id of this.store.keys()) {
+      const payload = live(this.store, id)?.payload;
+      if (payload?.userCode === userCode) return payload;
+    }
+    return undefined;
+  }
+
+  async consume(id) {
+    const entry = this.store.get(id);
+    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
+  }
+
+  async destroy(id) {
+    this.store.delete(id);
+  }
+
+  async revokeByGrantId(grantId) {
+    for (const [id, entry] of this.store) {
+      if (entry.payload.grantId === grantId) this.store.delete(id);
+    }
+  }
+}
+
+// Everything a grant stands behind: after revoke_all, no refresh token or code works.
+const REVOCABLE = ['RefreshToken', 'AuthorizationCode', 'AccessToken', 'ClientCredentials', 'Grant'];
+
+function revokeAll() {
+  const revoked = {};
+  for (const model of REVOCABLE) {
+    const store = storeFor(model);
+    revoked[model] = store.size;
+    store.clear();
+  }
+  return revoked;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Counters of token requests, as received.
+
+const stats = {
+  client_credentials: 0,
+  authorization_code: 0,
+  refresh_token: 0,
+  refresh_token_reused: 0,
+  invalid_grant: 0,
+  client_secret_basic: 0,
+  client_secret_post: 0,
+};
+const presentedRefreshTokens = new Set();
+
+function resetStats() {
+  for (const key of Object.keys(stats)) stats[key] = 0;
+  presentedRefreshTokens.clear();
+}
+
+function first(value) {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'test-rs256', use: 'sig', alg: 'RS256' };
+
+const server = createServer((req, res) => {
+  res.statusCode = 503;
+  res.end();
+});
+server.listen(PORT, '127.0.0.1');
+await new Promise((resolve, reject) => {
+  server.once('listening', resolve);
+  server.once('error', reject);
+});
+const { port } = server.address();
+const issuer = `http://127.0.0.1:${port}`;
+
+const provider = new Provider(issuer, {
+  adapter: MapAdapter,
+  jwks: { keys: [signingKey] },
+  cookies: { keys: ['oauth-refresh interop test cookie key, not a secret'] },
+  clients: [
+    {
+      client_id: CLIENTS.cc_basic.client_id,
+      client_secret: CLIENTS.cc_basic.client_secret,
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: API_SCOPES,
+    },
+    {
+      client_id: CLIENTS.cc_post.client_id,
+      client_secret: CLIENTS.cc_post.client_secret,
+      grant_types: ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_post',
+      scope: API_SCOPES,
+    },
+    {
+      client_id: CLIENTS.app.client_id,
+      client_secret: CLIENTS.app.client_secret,
+      application_type: 'native',
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: [CLIENTS.app.redirect_uri],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: `openid offline_access ${API_SCOPES}`,
+    },
+  ],
+  scopes: ['openid', 'offline_access', 'api:read', 'api:write'],
+  features: {
+    clientCredentials: { enabled: true },
+    revocation: { enabled: true },
+    devInteractions: { enabled: false },
+  },
+  // oidc-provider 9 requires PKCE only for public clients by default; require it always.
+  pkce: { required: () => true },
+  ttl: {
+    AccessToken: ACCESS_TTL,
+    ClientCredentials: ACCESS_TTL,
+    RefreshToken: REFRESH_TTL,
+    AuthorizationCode: 60,
+    Grant: REFRESH_TTL,
+    Session: REFRESH_TTL,
+    Interaction: 60 * 60,
+    IdToken: 60 * 60,
+  },
+  // Rotate on every refresh; reuse detection (consumed token presented again: revoke the
+  // grant, answer invalid_grant) is oidc-provider's own and always on.
+  rotateRefreshToken: () => true,
+  // A refresh token for every code exchange of a client allowed the grant, offline_access or not.
+  issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // Refresh tokens do not die with the browser session.
+  expiresWithSession: async () => false,
+  findAccount: async (ctx, sub) => ({
+    accountId: sub,
+    async claims() {
+      return { sub };
+    },
+  }),
+  renderError: async (ctx, out) => {
+    ctx.type = 'json';
+    ctx.body = out;
+  },
+});
+
+provider.on('server_error', (ctx, err) => console.error('server_error', err));
+
+// Test-only endpoints and the token request counters, in front of the provider's routes.
+provider.use(async (ctx, next) => {
+  if (ctx.path.startsWith('/__test/')) {
+    const route = `${ctx.method} ${ctx.path}`;
+    switch (route) {
+      case 'GET /__test/stats':
+        ctx.body = { ...stats };
+        return;
+      case 'POST /__test/reset':
+        resetStats();
+        ctx.body = { ...stats };
+        return;
+      case 'POST /__test/revoke_all':
+        ctx.body = { revoked: revokeAll() };
+        return;
+      case 'GET /__test/active': {
+        // Whether an access token is one this server issued and still honours.
+        const token = ctx.query.token;
+        const found = (await provider.AccessToken.find(token))
+          ?? (await provider.ClientCredentials.find(token));
+        ctx.body = found
+          ? { active: true, client_id: found.clientId, scope: found.scope ?? null, exp: found.exp }
+          : { active: false };
+        return;
+      }
+      default:
+        ctx.status = 404;
+        ctx.body = { error: 'not_found' };
+        return;
+    }
+  }
+
+  if (ctx.method === 'POST' && ctx.path === '/token') {
+    await next();
+    // The provider has parsed the body by now (ctx.oidc.body), whatever the outcome.
+    const body = ctx.oidc?.body ?? {};
+    const grantType = first(body.grant_type);
+    if (grantType === 'client_credentials') stats.client_credentials += 1;
+    if (grantType === 'authorization_code') stats.authorization_code += 1;
+    if (grantType === 'refresh_token') {
+      stats.refresh_token += 1;
+      const value = first(body.refresh_token);
+      if (typeof value === 'string' && value !== '') {
+        if (presentedRefreshTokens.has(value)) stats.refresh_token_reused += 1;
+        presentedRefreshTokens.add(value);
+      }
+    }
+    let method;
+    if (ctx.get('authorization')) method = 'client_secret_basic';
+    else if (body.client_secret !== undefined) method = 'client_secret_post';
+    if (method) stats[method] += 1;
+    if (ctx.body?.error === 'invalid_grant') stats.invalid_grant += 1;
+
+    // oidc-provider takes client_secret_basic and client_secret_post interchangeably; this
+    // server holds each client to the method it registered, and withholds what was issued.
+    const registered = ctx.oidc?.client?.clientAuthMethod;
+    if (ctx.status === 200 && method && registered && method !== registered) {
+      for (const value of [ctx.body?.access_token, ctx.body?.refresh_token]) {
+        for (const model of ['AccessToken', 'ClientCredentials', 'RefreshToken']) {
+          if (typeof value === 'string') await provider[model].adapter.destroy(value);
+        }
+      }
+      ctx.status = 401;
+      if (method === 'client_secret_basic') ctx.set('WWW-Authenticate', `Basic realm="${issuer}"`);
+      ctx.body = {
+        error: 'invalid_client',
+        error_description: `client authenticated with ${method}, registered ${registered}`,
+      };
+    }
+    return;
+  }
+
+  const interaction = /^\/interaction\/([^/]+)$/.exec(ctx.path);
+  if (ctx.method === 'GET' && interaction) {
+    // Headless login and consent: alice signs in and grants whatever was asked.
+    const details = await provider.interactionDetails(ctx.req, ctx.res);
+    const { prompt, params } = details;
+    const accountId = details.session?.accountId ?? ACCOUNT_ID;
+    const grant = details.grantId
+      ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId, clientId: params.client_id });
+    if (params.scope) grant.addOIDCScope(params.scope);
+    if (prompt.details.missingOIDCClaims) grant.addOIDCClaims(prompt.details.missingOIDCClaims);
+    for (const [indicator, scopes] of Object.entries(prompt.details.missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    const grantId = await grant.save();
+    const result = { consent: { grantId } };
+    if (prompt.name === 'login') result.login = { accountId };
+    const returnTo = await provider.interactionResult(ctx.req, ctx.res, result, {
+      mergeWithLastSubmission: false,
+    });
+    ctx.status = 303;
+    ctx.redirect(returnTo);
+    return;
+  }
+
+  await next();
+});
+
+server.removeAllListeners('request');
+server.on('request', provider.callback());
+
+if (process.env.EXIT_WITH_STDIN === '1') {
+  process.stdin.on('end', () => process.exit(0));
+  process.stdin.on('error', () => process.exit(0));
+  process.stdin.resume();
+}
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => process.exit(0));
+}
+
+process.stdout.write(`${JSON.stringify({ issuer })}\n`);
+console.error(`oidc-provider listening: issuer ${issuer}, access tokens ${ACCESS_TTL}s, refresh tokens ${REFRESH_TTL}s`);
