@@ -9,3 +9,4 @@ mod retry;
 mod secrets;
 mod stack;
 mod support;
+mod token_endpoint;
