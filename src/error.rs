@@ -8,6 +8,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::token::RefreshToken;
+
 /// The authorization server refused the refresh itself (`invalid_grant`, or a code configured
 /// as permanent): no new token will come without a new sign-in.
 ///
@@ -113,6 +115,8 @@ pub enum TransientKind {
     TemporarilyUnavailable,
     /// The token endpoint's answer could not be read.
     InvalidResponse,
+    /// The token endpoint's answer was larger than the grant reads.
+    ResponseTooLarge,
     /// The refresh task ended without an outcome (it panicked).
     Aborted,
 }
@@ -131,6 +135,9 @@ impl fmt::Display for TransientKind {
             }
             TransientKind::InvalidResponse => {
                 f.write_str("the token endpoint's answer could not be read")
+            }
+            TransientKind::ResponseTooLarge => {
+                f.write_str("the token endpoint's answer was too large to read")
             }
             TransientKind::Aborted => f.write_str("the refresh ended without an outcome"),
         }
@@ -154,6 +161,7 @@ pub struct TransientError {
     retry_after: Option<Duration>,
     resend_safe: bool,
     source: Option<Arc<dyn Error + Send + Sync>>,
+    refresh_token: Option<RefreshToken>,
 }
 
 impl TransientError {
@@ -164,6 +172,7 @@ impl TransientError {
             retry_after: None,
             resend_safe: true,
             source: None,
+            refresh_token: None,
         }
     }
 
@@ -184,6 +193,25 @@ impl TransientError {
     /// The underlying error. It must not carry secrets or raw response bodies.
     pub fn with_source(mut self, source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
         self.source = Some(Arc::from(source.into()));
+        self
+    }
+
+    /// A refresh token the failed answer carried all the same. The cell keeps it, since the
+    /// server may have rotated the old one away.
+    pub fn with_refresh_token(mut self, refresh_token: RefreshToken) -> Self {
+        self.refresh_token = Some(refresh_token);
+        self
+    }
+
+    /// The refresh token the failed answer carried, if any.
+    pub fn received_refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    /// Like [`with_source`](Self::with_source), for an error already boxed: no generic
+    /// conversion, which keeps the futures that call it `Send` for every lifetime.
+    pub(crate) fn with_boxed_source(mut self, source: Box<dyn Error + Send + Sync>) -> Self {
+        self.source = Some(Arc::from(source));
         self
     }
 
@@ -396,6 +424,16 @@ impl fmt::Display for InsecureTransport {
 }
 
 impl Error for InsecureTransport {}
+
+/// Whether `host` (a name, an IP address, or a bracketed IPv6 address) is this machine:
+/// plain http stays on it, so secrets sent there cross no network.
+pub(crate) fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
 
 #[cfg(test)]
 mod tests {

@@ -95,6 +95,7 @@ mod error;
 mod extension;
 mod future;
 mod layer;
+pub mod oauth;
 mod replay;
 mod service;
 mod source;
@@ -109,9 +110,10 @@ pub use error::{
 pub use extension::{NoRetry, RetryStatus, SkipAuth};
 pub use future::ResponseFuture;
 pub use layer::RefreshLayer;
+pub use oauth::{ClientCredentials, RefreshTokenGrant};
 pub use service::Refresh;
 pub use source::{BoxFuture, TokenRequest, TokenSource};
-pub use token::{AccessToken, RefreshToken, TokenSet};
+pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
 
 /// The error type of the tower service: refresh errors and the inner service's own.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

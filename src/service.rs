@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::mem;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -13,7 +12,7 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::RefreshBody;
-use crate::error::InsecureTransport;
+use crate::error::{InsecureTransport, is_loopback};
 use crate::extension::{NoRetry, SkipAuth};
 use crate::future::{self, Resend, ResponseFuture};
 use crate::layer::Shared;
@@ -156,10 +155,7 @@ fn insecure_host(uri: &Uri) -> Option<&str> {
         return None;
     }
     let host = uri.host()?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let loopback = bare.eq_ignore_ascii_case("localhost")
-        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    (!loopback).then_some(host)
+    (!is_loopback(host)).then_some(host)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::BoxError;
 use crate::error::RefreshError;
 use crate::token::{RefreshToken, TokenSet};
 
@@ -69,6 +70,27 @@ pub trait TokenSource: Send + Sync + 'static {
     /// The refresh token to start from, such as one stored by an earlier run.
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
         None
+    }
+
+    /// Tokens to start from, so the first request needs no token request: those of a
+    /// sign-in that just completed, or a stored access token. `expires_in` counts from the
+    /// moment this is called (the layer's construction).
+    fn initial_tokens(&self) -> Option<TokenSet> {
+        None
+    }
+
+    /// Stores the tokens a refresh brought. `tokens.refresh_token` is the one to present next
+    /// (rotated, or kept from before); `previous` is the one that was presented.
+    ///
+    /// The cell calls it after swapping the token in and before releasing the requests that
+    /// wait for it. An error is logged and counted; the new token is used all the same.
+    fn persist(
+        &self,
+        tokens: &TokenSet,
+        previous: Option<&RefreshToken>,
+    ) -> BoxFuture<'_, Result<(), BoxError>> {
+        let _ = (tokens, previous);
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

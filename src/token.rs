@@ -26,7 +26,7 @@ macro_rules! secret_type {
         pub struct $name(Secret);
 
         impl $name {
-            /// Wraps a token string.
+            /// Wraps a secret string.
             pub fn new(value: impl Into<String>) -> Self {
                 $name(Secret::new(value))
             }
@@ -34,6 +34,18 @@ macro_rules! secret_type {
             /// The token itself. This is the only way to read it.
             pub fn secret(&self) -> &str {
                 &(self.0).0
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(value: String) -> Self {
+                $name::new(value)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(value: &str) -> Self {
+                $name::new(value)
             }
         }
 
@@ -75,6 +87,18 @@ secret_type!(
     /// assert_eq!(token.to_string(), "[redacted]");
     /// ```
     RefreshToken
+);
+
+secret_type!(
+    /// An OAuth 2.0 client secret, sent to the token endpoint only.
+    ///
+    /// ```
+    /// use oauth_refresh::ClientSecret;
+    ///
+    /// let secret = ClientSecret::new("k8s:+/%&=~ x");
+    /// assert_eq!(format!("{secret:?}"), "ClientSecret([redacted])");
+    /// ```
+    ClientSecret
 );
 
 /// What a [`TokenSource`](crate::TokenSource) obtained: an access token, its lifetime, and

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::HeaderValue;
 use tokio::sync::watch;
@@ -96,30 +97,52 @@ impl TokenCell {
     }
 
     /// Records a refresh's result: a new token and generation, or a cooldown. Call under
-    /// the slot's mutex; releases the slot for the next refresh.
+    /// the slot's mutex. The slot stays taken until [`release`](Self::release), so that the
+    /// persistence hook runs before anyone waiting is told, and before the next refresh.
+    ///
+    /// Returns the outcome, and the token set to persist if one was installed.
     fn settle(
         &self,
         slot: &mut Slot,
         started_at_generation: u64,
         result: Result<(TokenSet, Instant), RefreshError>,
-    ) -> Outcome {
+    ) -> (Outcome, Option<TokenSet>) {
         let now = Instant::now();
         if slot.last_generation != started_at_generation
             && let Some(seeded) = self.snapshot.load().token.clone()
         {
             // Tokens from a new sign-in were installed while this refresh ran: they win over
             // whatever the older grant returned, and its failure says nothing about them.
-            slot.flight = None;
-            self.update_snapshot(|s| s.background = Background::Idle { not_before: None });
-            return Ok(seeded);
+            return (Ok(seeded), None);
         }
+        let mut installed = None;
         let outcome = match result {
-            Ok((set, sent_at)) => self.install(slot, set, sent_at),
+            Ok((mut set, sent_at)) => {
+                // Rotation-safe: an answer without a refresh token keeps the one presented.
+                if set.refresh_token.is_none() {
+                    set.refresh_token = slot.refresh_token.clone();
+                }
+                let token = self.install(slot, set.clone(), sent_at);
+                if token.is_ok() {
+                    installed = Some(set);
+                }
+                token
+            }
             Err(error) => Err(error),
         };
         match &outcome {
-            Ok(_) => slot.clear_failures(),
+            Ok(token) => {
+                slot.clear_failures();
+                let token = token.clone();
+                self.update_snapshot(|s| s.token = Some(token));
+            }
             Err(error) => {
+                if let RefreshError::Transient(transient) = error
+                    && let Some(refresh_token) = transient.received_refresh_token()
+                {
+                    // The answer failed, but the server may have rotated the old token away.
+                    slot.refresh_token = Some(refresh_token.clone());
+                }
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
                 if matches!(error, RefreshError::Reauth(_)) {
                     self.counters.reauths.fetch_add(1, Ordering::Relaxed);
@@ -134,22 +157,38 @@ impl TokenCell {
                 slot.last_error = Some(error.clone());
             }
         }
+        (outcome, installed)
+    }
+
+    /// Frees the slot after a refresh settled: the next trigger may start another.
+    fn release(&self, slot: &mut Slot, outcome: &Outcome) {
         slot.flight = None;
         let min_interval_end = slot.last_started.map(|at| at + slot.schedule.min_interval);
-        let background = match &outcome {
+        let background = match outcome {
             Err(RefreshError::Reauth(_)) => Background::Blocked,
             _ => Background::Idle {
                 not_before: min_interval_end.max(slot.cooldown_until),
             },
         };
-        let token = outcome.as_ref().ok().cloned();
-        self.update_snapshot(|s| {
-            if token.is_some() {
-                s.token = token;
-            }
-            s.background = background;
-        });
-        outcome
+        self.update_snapshot(|s| s.background = background);
+    }
+
+    /// Runs the source's persistence hook within the refresh's time budget. A failure is
+    /// reported and counted; the new token stays in use.
+    async fn persist(&self, tokens: &TokenSet, previous: Option<&RefreshToken>, budget: Duration) {
+        let failure =
+            match tokio::time::timeout(budget, self.source.persist(tokens, previous)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(error)) => error.to_string(),
+                Err(_elapsed) => format!("the hook took longer than {budget:?}"),
+            };
+        self.counters
+            .persist_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            error = %failure,
+            "storing the new tokens failed; they stay in use in memory"
+        );
     }
 
     /// Turns a token set into the cell's next token. The refresh token is kept first, so
@@ -219,7 +258,7 @@ impl FlightGuard {
             tokio::time::sleep_until(at).await;
         }
         let cell = self.cell.clone();
-        let (schedule, refresh_token) = {
+        let (schedule, presented) = {
             let mut slot = cell.lock_slot();
             slot.last_started = Some(Instant::now());
             (slot.schedule.clone(), slot.refresh_token.clone())
@@ -236,11 +275,18 @@ impl FlightGuard {
         );
         let result = async {
             tracing::debug!("refresh started");
-            cell.fetch(&schedule, refresh_token).await
+            cell.fetch(&schedule, presented.clone()).await
         }
         .instrument(span.clone())
         .await;
-        let outcome = cell.settle(&mut cell.lock_slot(), self.started_at_generation, result);
+        let (outcome, installed) =
+            cell.settle(&mut cell.lock_slot(), self.started_at_generation, result);
+        if let Some(tokens) = installed {
+            cell.persist(&tokens, presented.as_ref(), schedule.refresh_timeout)
+                .instrument(span.clone())
+                .await;
+        }
+        cell.release(&mut cell.lock_slot(), &outcome);
         let _entered = span.enter();
         match &outcome {
             Ok(token) => {
@@ -271,9 +317,10 @@ impl Drop for FlightGuard {
         };
         let error: RefreshError = TransientError::new(TransientKind::Aborted).into();
         let mut slot = self.cell.lock_slot();
-        let outcome = self
+        let (outcome, _) = self
             .cell
             .settle(&mut slot, self.started_at_generation, Err(error));
+        self.cell.release(&mut slot, &outcome);
         drop(slot);
         sender.send_replace(Some(outcome));
     }

@@ -140,6 +140,7 @@ struct Counters {
     failures: AtomicU64,
     reauths: AtomicU64,
     retries: AtomicU64,
+    persist_failures: AtomicU64,
 }
 
 /// One token, its refresh, and its stats. Shared by every clone of a layer.
@@ -172,12 +173,18 @@ impl TokenCell {
             refresh_token: source.initial_refresh_token(),
             ..Slot::default()
         };
-        TokenCell {
+        let cell = TokenCell {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             slot: Mutex::new(slot),
             source,
             counters: Counters::default(),
+        };
+        if let Some(tokens) = cell.source.initial_tokens()
+            && let Err(error) = cell.seed(tokens)
+        {
+            tracing::warn!(%error, "the source's initial tokens could not be used");
         }
+        cell
     }
 
     /// Edits the timing settings, for every clone of the layer. Tokens already held keep
@@ -348,6 +355,7 @@ impl TokenCell {
             failures: self.counters.failures.load(Ordering::Relaxed),
             reauths: self.counters.reauths.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
+            persist_failures: self.counters.persist_failures.load(Ordering::Relaxed),
             generation: token.map_or(0, |t| t.generation),
             time_to_expiry: token
                 .and_then(|t| t.expires_at)
@@ -378,6 +386,8 @@ pub struct Stats {
     pub reauths: u64,
     /// Requests resent after the server rejected their token.
     pub retries: u64,
+    /// Times the source's persistence hook failed; the new tokens stayed in use.
+    pub persist_failures: u64,
     /// The current token's generation; 0 before the first token.
     pub generation: u64,
     /// Time until the current token expires, if its lifetime is known.

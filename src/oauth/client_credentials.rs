@@ -1,0 +1,95 @@
+//! The client credentials grant (RFC 6749 §4.4): a service's own token, no user involved.
+
+use super::endpoint::Endpoint;
+use crate::error::RefreshError;
+use crate::source::{BoxFuture, TokenRequest, TokenSource};
+use crate::token::{ClientSecret, TokenSet};
+
+/// Obtains tokens with the client's own credentials (`grant_type=client_credentials`).
+///
+/// No refresh token is expected: when the token nears expiry the grant is simply run again.
+/// Every failure of this grant may be resent, since asking twice costs nothing.
+///
+/// ```
+/// use oauth_refresh::{ClientCredentials, RefreshLayer};
+///
+/// let grant = ClientCredentials::new("https://login.example.com/oauth2/token", "reporting", "s3cr3t")
+///     .scope("api:read")
+///     .scope("api:write")
+///     .audience("https://api.example.com");
+/// let layer = RefreshLayer::new(grant);
+/// # drop(layer);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientCredentials {
+    endpoint: Endpoint,
+    scopes: Vec<String>,
+    params: Vec<(String, String)>,
+}
+
+impl ClientCredentials {
+    /// A grant for `client_id` with `client_secret` at the token endpoint `token_url`.
+    ///
+    /// A URL that does not parse, or plain `http://` to a host other than loopback, fails
+    /// each refresh with a [`ConfigurationError`](crate::ConfigurationError) before any
+    /// network call.
+    pub fn new(
+        token_url: impl AsRef<str>,
+        client_id: impl Into<String>,
+        client_secret: impl Into<ClientSecret>,
+    ) -> Self {
+        let mut endpoint = Endpoint::new(token_url.as_ref(), client_id.into());
+        endpoint.client_secret = Some(client_secret.into());
+        ClientCredentials {
+            endpoint,
+            scopes: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds a scope to request; scopes are sent space-separated.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scopes.push(scope.into());
+        self
+    }
+
+    /// Sets the `audience` parameter (Auth0, Okta and others name the API this way).
+    pub fn audience(self, audience: impl Into<String>) -> Self {
+        self.param("audience", audience)
+    }
+
+    /// Adds a `resource` parameter (RFC 8707); may be given more than once.
+    pub fn resource(self, resource: impl Into<String>) -> Self {
+        self.param("resource", resource)
+    }
+
+    /// Adds any other form parameter to the token request.
+    pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((name.into(), value.into()));
+        self
+    }
+
+    super::endpoint_setters!();
+}
+
+impl TokenSource for ClientCredentials {
+    fn fetch(&self, _request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+        Box::pin(async move {
+            let scope = self.scopes.join(" ");
+            let mut params = vec![("grant_type", "client_credentials")];
+            if !scope.is_empty() {
+                params.push(("scope", &scope));
+            }
+            params.extend(self.params.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            self.endpoint.request(&params, true).await
+        })
+    }
+
+    fn grant(&self) -> &str {
+        "client_credentials"
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.endpoint.host()
+    }
+}

@@ -1,0 +1,302 @@
+//! One token endpoint and the client that calls it: the request every grant sends, and the
+//! settings they share.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, header};
+use http_body_util::BodyExt;
+use url::Url;
+
+use super::http::HttpClient;
+use super::response::{self, Rules};
+use crate::error::{ConfigurationError, RefreshError, TransientError, TransientKind, is_loopback};
+use crate::token::{ClientSecret, TokenSet};
+
+/// The most a token endpoint's answer may hold. Token responses are a few kilobytes, ID
+/// tokens included; anything far larger is an error page or an attack.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a confidential client proves its identity to the token endpoint (RFC 6749 §2.3.1).
+/// A client without a secret sends only its `client_id`, in the form.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientAuth {
+    /// `client_secret_basic`: HTTP Basic, with the id and the secret each form-urlencoded
+    /// before Base64, as RFC 6749 §2.3.1 requires. The default.
+    #[default]
+    Basic,
+    /// `client_secret_post`: `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// A token endpoint, with the client credentials and transport settings of one grant.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    token_url: Result<Url, String>,
+    host: Option<String>,
+    client_id: String,
+    pub(crate) client_secret: Option<ClientSecret>,
+    pub(crate) auth: ClientAuth,
+    pub(crate) http: Option<Arc<dyn HttpClient>>,
+    pub(crate) timeout: Duration,
+    pub(crate) allow_insecure_http: bool,
+    pub(crate) reauth_codes: Vec<String>,
+}
+
+impl Endpoint {
+    pub(crate) fn new(token_url: &str, client_id: String) -> Self {
+        let token_url = Url::parse(token_url).map_err(|error| error.to_string());
+        let host = token_url
+            .as_ref()
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned));
+        Endpoint {
+            token_url,
+            host,
+            client_id,
+            client_secret: None,
+            auth: ClientAuth::default(),
+            http: None,
+            timeout: DEFAULT_TIMEOUT,
+            allow_insecure_http: false,
+            reauth_codes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// Posts a token request with `params` (client authentication is added here) and reads
+    /// the answer.
+    ///
+    /// `answered_resend_safe` says whether the request may be sent again once it may have
+    /// reached the server: not for a `refresh_token` grant, whose token the server may have
+    /// rotated before failing.
+    pub(crate) async fn request(
+        &self,
+        params: &[(&str, &str)],
+        answered_resend_safe: bool,
+    ) -> Result<TokenSet, RefreshError> {
+        let url = self.checked_url()?;
+        let http = self.http_client()?;
+        let request = self.build(url, params)?;
+        let may_resend = |error: TransientError| {
+            let never_sent = error.is_resend_safe();
+            error.resend_safe(never_sent || answered_resend_safe)
+        };
+        let exchange = async {
+            let response = http.send(request).await.map_err(may_resend)?;
+            let (head, body) = response.into_parts();
+            let body = read_capped(&head.headers, body)
+                .await
+                .map_err(|e| e.resend_safe(answered_resend_safe))?;
+            Ok::<_, TransientError>((head, body))
+        };
+        let (head, body) = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => answer?,
+            Err(_elapsed) => {
+                return Err(TransientError::new(TransientKind::Timeout)
+                    .resend_safe(answered_resend_safe)
+                    .into());
+            }
+        };
+        tracing::debug!(status = head.status.as_u16(), "token endpoint answered");
+        let rules = Rules {
+            host: self.host(),
+            reauth_codes: &self.reauth_codes,
+            answered_resend_safe,
+        };
+        response::token_set(head.status, &head.headers, &body, &rules)
+    }
+
+    /// The token URL, once it is known to be fit for secrets.
+    pub(crate) fn checked_url(&self) -> Result<&Url, ConfigurationError> {
+        let url = self.token_url.as_ref().map_err(|reason| {
+            ConfigurationError::new("invalid_token_url")
+                .description(format!("the token URL could not be parsed: {reason}"))
+        })?;
+        check_transport(url, self.allow_insecure_http)?;
+        Ok(url)
+    }
+
+    fn http_client(&self) -> Result<Arc<dyn HttpClient>, ConfigurationError> {
+        resolve_client(self.http.as_ref())
+    }
+
+    fn build(
+        &self,
+        url: &Url,
+        params: &[(&str, &str)],
+    ) -> Result<http::Request<Bytes>, ConfigurationError> {
+        let mut form = url::form_urlencoded::Serializer::new(String::new());
+        form.extend_pairs(params);
+        let mut authorization = None;
+        match (&self.client_secret, self.auth) {
+            (Some(secret), ClientAuth::Basic) => {
+                authorization = Some(basic_authorization(&self.client_id, secret)?);
+            }
+            (Some(secret), ClientAuth::Post) => {
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair("client_secret", secret.secret());
+            }
+            // A public client identifies itself and nothing more (RFC 6749 §3.2.1).
+            (None, _) => {
+                form.append_pair("client_id", &self.client_id);
+            }
+        }
+        let mut request = http::Request::builder()
+            .method(Method::POST)
+            .uri(url.as_str())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(Bytes::from(form.finish()))
+            .map_err(|error| {
+                ConfigurationError::new("invalid_token_url").description(error.to_string())
+            })?;
+        if let Some(authorization) = authorization {
+            request
+                .headers_mut()
+                .insert(header::AUTHORIZATION, authorization);
+        }
+        Ok(request)
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("token_url", &self.token_url.as_ref().map(Url::as_str))
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret)
+            .field("auth", &self.auth)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The client given, or else the default one.
+pub(crate) fn resolve_client(
+    given: Option<&Arc<dyn HttpClient>>,
+) -> Result<Arc<dyn HttpClient>, ConfigurationError> {
+    if let Some(http) = given {
+        return Ok(http.clone());
+    }
+    #[cfg(feature = "reqwest")]
+    return super::http::default_client();
+    #[cfg(not(feature = "reqwest"))]
+    return Err(ConfigurationError::new("http_client").description(
+        "no HTTP client: enable the `reqwest` feature or set one with `http_client`",
+    ));
+}
+
+/// Refuses plain `http://` to anything but loopback: client secrets, refresh tokens and codes
+/// would cross the network in clear text.
+pub(crate) fn check_transport(
+    url: &Url,
+    allow_insecure_http: bool,
+) -> Result<(), ConfigurationError> {
+    if url.scheme() == "https" || allow_insecure_http {
+        return Ok(());
+    }
+    let host = url.host_str().unwrap_or_default();
+    if url.scheme() == "http" && is_loopback(host) {
+        return Ok(());
+    }
+    Err(
+        ConfigurationError::new("insecure_endpoint").description(format!(
+            "refused to send credentials to {}://{host}: use https, or allow plain http explicitly",
+            url.scheme()
+        )),
+    )
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`: RFC 6749 §2.3.1 form-encodes both
+/// before Base64, which servers that split at the first `:` rely on.
+fn basic_authorization(
+    client_id: &str,
+    secret: &ClientSecret,
+) -> Result<HeaderValue, ConfigurationError> {
+    let encode =
+        |value: &str| url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
+    let credentials = format!("{}:{}", encode(client_id), encode(secret.secret()));
+    let mut value = HeaderValue::try_from(format!("Basic {}", BASE64.encode(credentials)))
+        .map_err(|_| ConfigurationError::new("invalid_client_credentials"))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Reads a body to its end, or fails as soon as it passes [`MAX_RESPONSE_BYTES`].
+///
+/// Frame by frame rather than through `http_body_util::Limited`, whose boxed-error
+/// conversion trips rustc's check that the futures awaiting it are `Send`.
+pub(crate) async fn read_capped(
+    headers: &http::HeaderMap,
+    mut body: super::http::ResponseBody,
+) -> Result<Bytes, TransientError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > MAX_RESPONSE_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut read = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            TransientError::new(TransientKind::Network).with_boxed_source(error)
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if read.len() + data.len() > MAX_RESPONSE_BYTES {
+                return Err(too_large());
+            }
+            read.extend_from_slice(data);
+        }
+    }
+    Ok(read.freeze())
+}
+
+fn too_large() -> TransientError {
+    TransientError::new(TransientKind::ResponseTooLarge).with_source(format!(
+        "the token endpoint's answer exceeds {} KiB",
+        MAX_RESPONSE_BYTES / 1024
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_encoded_before_base64() {
+        let header =
+            basic_authorization("my client", &ClientSecret::new("a:b+c/d%e&f=g~h i")).unwrap();
+        assert!(header.is_sensitive());
+        let encoded = header.to_str().unwrap().strip_prefix("Basic ").unwrap();
+        let decoded = String::from_utf8(BASE64.decode(encoded).unwrap()).unwrap();
+        assert_eq!(decoded, "my+client:a%3Ab%2Bc%2Fd%25e%26f%3Dg%7Eh+i");
+    }
+
+    #[test]
+    fn plain_http_is_refused_except_to_loopback() {
+        let check = |url: &str, allow| check_transport(&Url::parse(url).unwrap(), allow).is_ok();
+        assert!(check("https://login.example.com/token", false));
+        assert!(check("http://127.0.0.1:8080/token", false));
+        assert!(check("http://[::1]:8080/token", false));
+        assert!(check("http://localhost/token", false));
+        assert!(!check("http://login.example.com/token", false));
+        assert!(check("http://login.example.com/token", true));
+        assert!(!check("ftp://login.example.com/token", false));
+    }
+}

@@ -1,0 +1,72 @@
+//! The grants on the wire: token requests to an OAuth 2.0 authorization server.
+//!
+//! - [`ClientCredentials`](crate::ClientCredentials): a service's own token.
+//! - [`RefreshTokenGrant`](crate::RefreshTokenGrant): a user's token, kept alive with a refresh
+//!   token that the server may rotate; a persistence hook stores each new one.
+//! - [`AuthorizationCode`]: the first tokens, through a browser sign-in with PKCE.
+//! - [`ServerMetadata::discover`]: the endpoints, from the issuer's URL.
+//!
+//! Each grant posts a form to the token endpoint with its own HTTP client (never through a
+//! [`RefreshLayer`](crate::RefreshLayer)), reads at most 256 KiB of the answer, and
+//! classifies failures as the token cell needs them: `invalid_grant` is
+//! [`ReauthRequired`](crate::ReauthRequired); `invalid_client`, `unauthorized_client` and
+//! `invalid_scope` are a [`ConfigurationError`](crate::ConfigurationError); 5xx, 429,
+//! `temporarily_unavailable` and network failures are a
+//! [`TransientError`](crate::TransientError) carrying the server's `Retry-After`.
+//!
+//! Nothing here knows about tower or reqwest-middleware.
+
+mod authorization_code;
+mod client_credentials;
+mod discovery;
+mod endpoint;
+mod http;
+mod refresh_token;
+mod response;
+
+pub use authorization_code::{AuthorizationCode, AuthorizationError, PendingAuthorization};
+pub use client_credentials::ClientCredentials;
+pub use discovery::ServerMetadata;
+pub use endpoint::ClientAuth;
+pub use http::{HttpClient, ResponseBody};
+pub use refresh_token::RefreshTokenGrant;
+
+/// The settings every grant shares, as consuming setters on the grant's `endpoint` field.
+macro_rules! endpoint_setters {
+    () => {
+        /// How the client authenticates when it has a secret (default
+        /// [`ClientAuth::Basic`](crate::oauth::ClientAuth::Basic)).
+        pub fn client_auth(mut self, auth: $crate::oauth::ClientAuth) -> Self {
+            self.endpoint.auth = auth;
+            self
+        }
+
+        /// The HTTP client for token requests. The default is one shared reqwest client that
+        /// follows no redirects (feature `reqwest`).
+        pub fn http_client(mut self, client: impl $crate::oauth::HttpClient) -> Self {
+            self.endpoint.http = Some(std::sync::Arc::new(client));
+            self
+        }
+
+        /// How long one token request may take, the answer read included (default 10 s).
+        pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.endpoint.timeout = timeout;
+            self
+        }
+
+        /// Allows sending credentials over plain `http://` to hosts other than loopback
+        /// (default `false`: such a token request fails before it is sent).
+        pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+            self.endpoint.allow_insecure_http = allow;
+            self
+        }
+
+        /// Treats another OAuth error code like `invalid_grant`: as
+        /// [`ReauthRequired`](crate::ReauthRequired), a new sign-in.
+        pub fn reauth_on(mut self, code: impl Into<String>) -> Self {
+            self.endpoint.reauth_codes.push(code.into());
+            self
+        }
+    };
+}
+pub(crate) use endpoint_setters;

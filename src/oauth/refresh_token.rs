@@ -1,0 +1,213 @@
+//! The refresh token grant (RFC 6749 §6), rotation included.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::endpoint::Endpoint;
+use crate::BoxError;
+use crate::error::{ReauthRequired, RefreshError};
+use crate::source::{BoxFuture, TokenRequest, TokenSource};
+use crate::token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
+
+type PersistHook = dyn Fn(TokenSet, Option<RefreshToken>) -> BoxFuture<'static, Result<(), BoxError>>
+    + Send
+    + Sync;
+
+/// Keeps a user's access token alive with a refresh token (`grant_type=refresh_token`).
+///
+/// The server may rotate the refresh token on every use. The token cell always presents the
+/// newest one it received, keeps the old one when an answer carries none, and never sends a
+/// refresh request twice once it may have reached the server (a resent rotated token can trip
+/// the server's reuse detection and revoke the whole sign-in).
+///
+/// A [`persist`](Self::persist) hook stores each new token set, so the next run of the
+/// program starts from the current refresh token rather than one the server has retired.
+///
+/// ```
+/// use oauth_refresh::{RefreshLayer, RefreshToken, RefreshTokenGrant, TokenSet};
+///
+/// # fn load() -> String { "rt-stored".into() }
+/// # async fn save(_: TokenSet, _: Option<RefreshToken>) -> std::io::Result<()> { Ok(()) }
+/// let grant = RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", load())
+///     .client_secret("s3cr3t")
+///     .persist(|tokens: TokenSet, previous: Option<RefreshToken>| save(tokens, previous));
+/// let layer = RefreshLayer::new(grant);
+/// # drop(layer);
+/// ```
+#[derive(Clone)]
+pub struct RefreshTokenGrant {
+    endpoint: Endpoint,
+    refresh_token: Option<RefreshToken>,
+    scopes: Vec<String>,
+    initial: Option<(TokenSet, Instant)>,
+    persist: Option<Arc<PersistHook>>,
+}
+
+impl RefreshTokenGrant {
+    /// A grant for the public client `client_id` that starts from a stored `refresh_token`.
+    /// Add [`client_secret`](Self::client_secret) for a confidential client.
+    pub fn new(
+        token_url: impl AsRef<str>,
+        client_id: impl Into<String>,
+        refresh_token: impl Into<RefreshToken>,
+    ) -> Self {
+        Self::from_parts(
+            Endpoint::new(token_url.as_ref(), client_id.into()),
+            Some(refresh_token.into()),
+            None,
+        )
+    }
+
+    pub(crate) fn from_parts(
+        endpoint: Endpoint,
+        refresh_token: Option<RefreshToken>,
+        initial: Option<(TokenSet, Instant)>,
+    ) -> Self {
+        RefreshTokenGrant {
+            endpoint,
+            refresh_token,
+            scopes: Vec::new(),
+            initial,
+            persist: None,
+        }
+    }
+
+    /// The client secret of a confidential client.
+    pub fn client_secret(mut self, client_secret: impl Into<ClientSecret>) -> Self {
+        self.endpoint.client_secret = Some(client_secret.into());
+        self
+    }
+
+    /// Asks for a narrower scope than the one granted (RFC 6749 §6); may be given more than
+    /// once.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scopes.push(scope.into());
+        self
+    }
+
+    /// Starts from a stored access token too, so the first request needs no refresh.
+    /// `expires_at` is wall-clock time, as it was persisted; it is converted once, here.
+    pub fn access_token(
+        mut self,
+        access_token: impl Into<AccessToken>,
+        expires_at: SystemTime,
+    ) -> Self {
+        let mut tokens = TokenSet::new(access_token.into());
+        tokens.expires_in = Some(
+            expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO),
+        );
+        tokens.refresh_token = self.refresh_token.clone();
+        self.initial = Some((tokens, Instant::now()));
+        self
+    }
+
+    /// Stores each new token set: `hook(tokens, previous)` receives the tokens a refresh
+    /// brought (their `refresh_token` is always the one to use next, rotated or kept) and the
+    /// refresh token that was presented, for a compare-and-swap store.
+    ///
+    /// The hook runs after the token is swapped in and before the requests waiting for it are
+    /// released, within the refresh's time budget. If it fails or times out, the new token
+    /// is used all the same; the failure is logged and counted in
+    /// [`Stats::persist_failures`](crate::Stats::persist_failures).
+    pub fn persist<F, Fut, E>(mut self, hook: F) -> Self
+    where
+        F: Fn(TokenSet, Option<RefreshToken>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.persist = Some(Arc::new(move |tokens, previous| {
+            let stored = hook(tokens, previous);
+            Box::pin(async move { stored.await.map_err(Into::into) })
+        }));
+        self
+    }
+
+    /// The refresh token this grant starts from, if it has one: store it after a sign-in.
+    pub fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+
+    /// The access token this grant starts from (after a sign-in, or one given with
+    /// [`access_token`](Self::access_token)).
+    pub fn initial_access_token(&self) -> Option<&AccessToken> {
+        self.initial
+            .as_ref()
+            .map(|(tokens, _)| &tokens.access_token)
+    }
+
+    super::endpoint_setters!();
+}
+
+impl TokenSource for RefreshTokenGrant {
+    fn fetch(&self, request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+        Box::pin(async move {
+            let Some(refresh_token) = request.refresh_token else {
+                let mut error = ReauthRequired::new("missing_refresh_token")
+                    .description("no refresh token is held: the server issued none");
+                if let Some(host) = self.endpoint.host() {
+                    error = error.host(host);
+                }
+                return Err(error.into());
+            };
+            let scope = self.scopes.join(" ");
+            let mut params = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token.secret()),
+            ];
+            if !scope.is_empty() {
+                params.push(("scope", &scope));
+            }
+            // Once the request may have reached the server, it is never resent.
+            self.endpoint.request(&params, false).await
+        })
+    }
+
+    fn grant(&self) -> &str {
+        "refresh_token"
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.endpoint.host()
+    }
+
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        self.refresh_token.clone()
+    }
+
+    fn initial_tokens(&self) -> Option<TokenSet> {
+        let (tokens, obtained_at) = self.initial.as_ref()?;
+        let mut tokens = tokens.clone();
+        tokens.expires_in = tokens
+            .expires_in
+            .map(|lifetime| lifetime.saturating_sub(obtained_at.elapsed()));
+        Some(tokens)
+    }
+
+    fn persist(
+        &self,
+        tokens: &TokenSet,
+        previous: Option<&RefreshToken>,
+    ) -> BoxFuture<'_, Result<(), BoxError>> {
+        match &self.persist {
+            Some(hook) => hook(tokens.clone(), previous.cloned()),
+            None => Box::pin(async { Ok(()) }),
+        }
+    }
+}
+
+impl fmt::Debug for RefreshTokenGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshTokenGrant")
+            .field("endpoint", &self.endpoint)
+            .field("refresh_token", &self.refresh_token)
+            .field("scopes", &self.scopes)
+            .field("persist", &self.persist.is_some())
+            .finish_non_exhaustive()
+    }
+}

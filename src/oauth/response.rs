@@ -1,0 +1,510 @@
+//! Reading a token endpoint's answer: RFC 6749 §5.1 (success) and §5.2 (error), and what
+//! each failure means for the token cell.
+//!
+//! The body is read field by field rather than into one struct, so that a bad secondary field
+//! (an `expires_in` of `"soon"`, an odd `scope`) never costs the refresh token beside it.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use http::{HeaderMap, StatusCode, header};
+use serde_json::{Map, Value};
+
+use crate::error::{
+    ConfigurationError, ReauthRequired, RefreshError, TransientError, TransientKind,
+};
+use crate::token::{AccessToken, RefreshToken, TokenSet};
+
+/// How an answer's failures are classified, as the grant and endpoint configure it.
+#[derive(Debug)]
+pub(crate) struct Rules<'a> {
+    /// The token endpoint's host, for [`ReauthRequired`].
+    pub(crate) host: Option<&'a str>,
+    /// Error codes that mean a new sign-in is needed, besides `invalid_grant`.
+    pub(crate) reauth_codes: &'a [String],
+    /// Whether a request that got an answer may be sent again. False for a `refresh_token`
+    /// grant: the server may have rotated the token before it failed.
+    pub(crate) answered_resend_safe: bool,
+}
+
+/// Turns a token endpoint's answer into a token set or a classified error.
+pub(crate) fn token_set(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    rules: &Rules<'_>,
+) -> Result<TokenSet, RefreshError> {
+    let fields = fields(headers, body);
+    if let Some(fields) = &fields
+        && let Some(code) = fields.get("error").and_then(Value::as_str)
+    {
+        // RFC 6749 §5.2: an error body is an error whatever the status, a 200 included.
+        return Err(error_response(status, headers, code, fields, rules));
+    }
+    let refresh_token = fields.as_ref().and_then(|f| string(f, "refresh_token"));
+    let access_token = fields.as_ref().and_then(|f| string(f, "access_token"));
+    let (Some(fields), Some(access_token), true) = (&fields, access_token, status.is_success())
+    else {
+        let kind = match status.as_u16() {
+            429 => TransientKind::RateLimited,
+            code @ 500..=599 => TransientKind::ServerError(code),
+            _ => TransientKind::InvalidResponse,
+        };
+        let reason = describe_unusable(status, headers, body.len(), fields.is_some());
+        return Err(transient(kind, headers, rules, refresh_token)
+            .with_source(reason)
+            .into());
+    };
+    if let Some(token_type) = fields.get("token_type").and_then(Value::as_str)
+        && !token_type.eq_ignore_ascii_case("bearer")
+    {
+        let reason = format!(
+            "the token endpoint issued a token of type {:?}, not Bearer",
+            printable(token_type, 40)
+        );
+        return Err(transient(
+            TransientKind::InvalidResponse,
+            headers,
+            rules,
+            refresh_token,
+        )
+        .with_source(reason)
+        .into());
+    }
+    let expires_in = match fields.get("expires_in") {
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let lifetime = lifetime(value);
+            if lifetime.is_none() {
+                tracing::warn!("the token endpoint sent an unreadable expires_in; ignoring it");
+            }
+            lifetime
+        }
+    }
+    .or_else(|| jwt_lifetime(&access_token, SystemTime::now()));
+    let mut set = TokenSet::new(AccessToken::new(access_token));
+    set.refresh_token = refresh_token.map(RefreshToken::new);
+    set.expires_in = expires_in;
+    set.scope = string(fields, "scope");
+    Ok(set)
+}
+
+/// The body's fields: a JSON object whatever the content type claims, or a form-encoded body
+/// (some older servers answer so).
+fn fields(headers: &HeaderMap, body: &[u8]) -> Option<Map<String, Value>> {
+    if let Ok(Value::Object(fields)) = serde_json::from_slice(body) {
+        return Some(fields);
+    }
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    form.then(|| {
+        url::form_urlencoded::parse(body)
+            .map(|(name, value)| (name.into_owned(), Value::String(value.into_owned())))
+            .collect()
+    })
+}
+
+fn string(fields: &Map<String, Value>, name: &str) -> Option<String> {
+    match fields.get(name) {
+        Some(Value::String(value)) if !value.is_empty() => Some(value.clone()),
+        _ => None,
+    }
+}
+
+/// `expires_in` as a JSON number or a string of digits.
+fn lifetime(value: &Value) -> Option<Duration> {
+    let seconds = match value {
+        Value::Number(n) => n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| f as u64)
+        })?,
+        Value::String(s) => s.trim().parse::<u64>().ok()?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
+}
+
+/// The lifetime a JWT access token states in its `exp` claim. The token is not verified:
+/// this serves scheduling only, and a rejected request remains the backstop.
+pub(crate) fn jwt_lifetime(access_token: &str, now: SystemTime) -> Option<Duration> {
+    const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let mut parts = access_token.split('.');
+    let (Some(_header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let claims: Value = serde_json::from_slice(&BASE64URL.decode(payload).ok()?).ok()?;
+    let exp = match claims.get("exp")? {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().map(|f| f.max(0.0) as u64))?,
+        _ => return None,
+    };
+    let expires_at = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))?;
+    Some(expires_at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn error_response(
+    status: StatusCode,
+    headers: &HeaderMap,
+    code: &str,
+    fields: &Map<String, Value>,
+    rules: &Rules<'_>,
+) -> RefreshError {
+    let code = printable(code, 64);
+    let description = fields
+        .get("error_description")
+        .and_then(Value::as_str)
+        .map(|d| printable(d, 300));
+    let refresh_token = string(fields, "refresh_token");
+    if code == "invalid_grant" || rules.reauth_codes.contains(&code) {
+        let mut error = ReauthRequired::new(code);
+        if let Some(description) = description {
+            error = error.description(description);
+        }
+        if let Some(uri) = fields.get("error_uri").and_then(Value::as_str) {
+            error = error.uri(printable(uri, 300));
+        }
+        if let Some(host) = rules.host {
+            error = error.host(host);
+        }
+        return error.into();
+    }
+    let kind = match (code.as_str(), status.as_u16()) {
+        ("temporarily_unavailable", _) => Some(TransientKind::TemporarilyUnavailable),
+        ("server_error", status) => Some(TransientKind::ServerError(status)),
+        (_, 429) => Some(TransientKind::RateLimited),
+        (_, status @ 500..=599) => Some(TransientKind::ServerError(status)),
+        _ => None,
+    };
+    let reason = match &description {
+        Some(description) => format!("{code}: {description}"),
+        None => code.clone(),
+    };
+    match kind {
+        Some(kind) => transient(kind, headers, rules, refresh_token)
+            .with_source(reason)
+            .into(),
+        // invalid_client, unauthorized_client, invalid_scope, invalid_request,
+        // unsupported_grant_type, and codes this crate does not know.
+        None => {
+            let mut error = ConfigurationError::new(code);
+            if let Some(description) = description {
+                error = error.description(description);
+            }
+            error.into()
+        }
+    }
+}
+
+fn transient(
+    kind: TransientKind,
+    headers: &HeaderMap,
+    rules: &Rules<'_>,
+    refresh_token: Option<String>,
+) -> TransientError {
+    let mut error = TransientError::new(kind).resend_safe(rules.answered_resend_safe);
+    if let Some(retry_after) = retry_after(headers, SystemTime::now()) {
+        error = error.retry_after(retry_after);
+    }
+    if let Some(refresh_token) = refresh_token {
+        // The answer was unusable, but the server may have rotated the refresh token all the
+        // same: the cell keeps it.
+        error = error.with_refresh_token(RefreshToken::new(refresh_token));
+    }
+    error
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Says what was wrong with an answer without quoting its body, which may hold secrets.
+fn describe_unusable(
+    status: StatusCode,
+    headers: &HeaderMap,
+    length: usize,
+    parsed: bool,
+) -> String {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| printable(v, 80));
+    let what = match (length, parsed) {
+        (0, _) => "an empty body".to_owned(),
+        (_, true) => "a body without an access_token".to_owned(),
+        (length, false) => match content_type {
+            Some(content_type) => format!("a {length}-byte {content_type} body that is not JSON"),
+            None => format!("a {length}-byte body that is not JSON"),
+        },
+    };
+    format!("the token endpoint answered {status} with {what}")
+}
+
+/// A server-supplied string fit for an error message: printable ASCII, at most `max` chars.
+fn printable(value: &str, max: usize) -> String {
+    value
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+        .take(max)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RefreshErrorKind;
+    use serde_json::json;
+
+    const RULES: Rules<'static> = Rules {
+        host: Some("login.example.com"),
+        reauth_codes: &[],
+        answered_resend_safe: false,
+    };
+
+    fn parse(status: u16, body: &str) -> Result<TokenSet, RefreshError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        token_set(
+            StatusCode::from_u16(status).unwrap(),
+            &headers,
+            body.as_bytes(),
+            &RULES,
+        )
+    }
+
+    fn jwt(claims: Value) -> String {
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.sig",
+            engine.encode(br#"{"alg":"RS256"}"#),
+            engine.encode(claims.to_string())
+        )
+    }
+
+    #[test]
+    fn a_full_answer_is_read() {
+        let set = parse(
+            200,
+            r#"{"access_token":"at","token_type":"Bearer","expires_in":3600,"refresh_token":"rt","scope":"a b","extra":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(set.access_token.secret(), "at");
+        assert_eq!(set.refresh_token.unwrap().secret(), "rt");
+        assert_eq!(set.expires_in, Some(Duration::from_secs(3600)));
+        assert_eq!(set.scope.as_deref(), Some("a b"));
+    }
+
+    #[test]
+    fn expires_in_may_be_a_string_zero_or_missing() {
+        let as_string = parse(200, r#"{"access_token":"at","expires_in":"3600"}"#).unwrap();
+        assert_eq!(as_string.expires_in, Some(Duration::from_secs(3600)));
+        let zero = parse(200, r#"{"access_token":"at","expires_in":0}"#).unwrap();
+        assert_eq!(zero.expires_in, Some(Duration::ZERO));
+        let missing = parse(200, r#"{"access_token":"at"}"#).unwrap();
+        assert_eq!(missing.expires_in, None);
+    }
+
+    #[test]
+    fn token_type_is_case_insensitive() {
+        for token_type in ["bearer", "BEARER", "Bearer"] {
+            let body = json!({"access_token": "at", "token_type": token_type}).to_string();
+            assert!(parse(200, &body).is_ok(), "{token_type}");
+        }
+        let err = parse(
+            200,
+            r#"{"access_token":"at","token_type":"DPoP","refresh_token":"rt"}"#,
+        )
+        .unwrap_err();
+        let RefreshError::Transient(err) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(err.received_refresh_token().unwrap().secret(), "rt");
+    }
+
+    #[test]
+    fn a_bad_secondary_field_keeps_the_refresh_token() {
+        let set = parse(
+            200,
+            r#"{"access_token":"at","refresh_token":"rt","expires_in":"soon","scope":17}"#,
+        )
+        .unwrap();
+        assert_eq!(set.refresh_token.unwrap().secret(), "rt");
+        assert_eq!(set.expires_in, None);
+        assert_eq!(set.scope, None);
+
+        let err = parse(200, r#"{"access_token":17,"refresh_token":"rt"}"#).unwrap_err();
+        let RefreshError::Transient(err) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(err.kind(), TransientKind::InvalidResponse);
+        assert_eq!(err.received_refresh_token().unwrap().secret(), "rt");
+    }
+
+    #[test]
+    fn an_error_inside_a_200_is_an_error() {
+        let err = parse(
+            200,
+            r#"{"error":"invalid_grant","error_description":"revoked"}"#,
+        )
+        .unwrap_err();
+        let RefreshError::Reauth(err) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(err.error(), "invalid_grant");
+        assert_eq!(err.error_description(), Some("revoked"));
+        assert_eq!(err.endpoint_host(), Some("login.example.com"));
+    }
+
+    #[test]
+    fn error_codes_map_to_their_classes() {
+        let class = |status, code: &str| {
+            parse(status, &json!({ "error": code }).to_string())
+                .unwrap_err()
+                .kind()
+        };
+        assert_eq!(class(400, "invalid_grant"), RefreshErrorKind::Reauth);
+        for code in [
+            "invalid_client",
+            "unauthorized_client",
+            "invalid_scope",
+            "invalid_request",
+        ] {
+            assert_eq!(class(400, code), RefreshErrorKind::Configuration, "{code}");
+        }
+        assert_eq!(
+            class(401, "invalid_client"),
+            RefreshErrorKind::Configuration
+        );
+        assert_eq!(
+            class(503, "temporarily_unavailable"),
+            RefreshErrorKind::Transient
+        );
+        assert_eq!(
+            class(200, "temporarily_unavailable"),
+            RefreshErrorKind::Transient
+        );
+        assert_eq!(class(500, "server_error"), RefreshErrorKind::Transient);
+        assert_eq!(class(502, "bad_gateway"), RefreshErrorKind::Transient);
+        assert_eq!(class(429, "slow_down"), RefreshErrorKind::Transient);
+    }
+
+    #[test]
+    fn configured_codes_mean_reauth() {
+        let codes = ["consent_required".to_owned()];
+        let rules = Rules {
+            reauth_codes: &codes,
+            ..RULES
+        };
+        let err = token_set(
+            StatusCode::BAD_REQUEST,
+            &HeaderMap::new(),
+            br#"{"error":"consent_required"}"#,
+            &rules,
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), RefreshErrorKind::Reauth);
+    }
+
+    #[test]
+    fn unusable_answers_are_transient_and_never_quoted() {
+        let cases = [
+            (200, ""),
+            (200, "<html>s3cr3t page</html>"),
+            (400, "<html>s3cr3t page</html>"),
+            (200, r#"{"token":"s3cr3t"}"#),
+            (200, "[1,2]"),
+        ];
+        for (status, body) in cases {
+            let err = parse(status, body).unwrap_err();
+            let RefreshError::Transient(transient) = &err else {
+                panic!("{status} {body}: {err:?}")
+            };
+            assert_eq!(transient.kind(), TransientKind::InvalidResponse);
+            let printed = format!(
+                "{err} {err:?} {}",
+                std::error::Error::source(transient).unwrap()
+            );
+            assert!(!printed.contains("s3cr3t"), "{printed}");
+        }
+        let RefreshError::Transient(err) = parse(503, "<html>down</html>").unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(err.kind(), TransientKind::ServerError(503));
+        assert!(
+            !err.is_resend_safe(),
+            "a refresh that reached the server is not resent"
+        );
+    }
+
+    #[test]
+    fn form_encoded_answers_are_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().unwrap(),
+        );
+        let set = token_set(
+            StatusCode::OK,
+            &headers,
+            b"access_token=a%2Bt&token_type=bearer&expires_in=60",
+            &RULES,
+        )
+        .unwrap();
+        assert_eq!(set.access_token.secret(), "a+t");
+        assert_eq!(set.expires_in, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, "120".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(120)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        headers.insert(header::RETRY_AFTER, later.parse().unwrap());
+        assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
+        headers.insert(header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers, now), None);
+    }
+
+    #[test]
+    fn jwt_exp_gives_the_lifetime() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let token = jwt(json!({"sub": "svc", "exp": 1_700_000_300}));
+        assert_eq!(jwt_lifetime(&token, now), Some(Duration::from_secs(300)));
+        let past = jwt(json!({"exp": 1_600_000_000}));
+        assert_eq!(jwt_lifetime(&past, now), Some(Duration::ZERO));
+        assert_eq!(jwt_lifetime(&jwt(json!({"sub": "svc"})), now), None);
+        assert_eq!(jwt_lifetime("opaque-token", now), None);
+        assert_eq!(jwt_lifetime("a.!!!.c", now), None);
+        assert_eq!(jwt_lifetime("a.b.c.d.e", now), None);
+    }
+
+    #[test]
+    fn a_jwt_without_expires_in_is_scheduled_by_its_exp() {
+        let exp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 600;
+        let body = json!({"access_token": jwt(json!({"exp": exp})), "token_type": "Bearer"});
+        let set = parse(200, &body.to_string()).unwrap();
+        let lifetime = set.expires_in.unwrap();
+        assert!(lifetime <= Duration::from_secs(600) && lifetime >= Duration::from_secs(590));
+    }
+}
