@@ -1,0 +1,691 @@
+//! A real third-party authorization server for interop tests: the npm package `oidc-provider`,
+//! configured by `tests/interop/oidc-provider/server.mjs` (see the README there) and run on
+//! 127.0.0.1, one Node process per [`OidcProvider`], killed when it drops.
+//!
+//! Node.js 20+ and npm must be installed: the first start in a test process runs `npm ci` in
+//! that folder when its `node_modules` lacks the pinned `oidc-provider`, and panics (never
+//! skips) when npm or node are missing or fail.
+
+// Support items some test files leave unused.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url, header};
+use serde_json::Value;
+
+// The clients, as in tests/interop/oidc-provider/clients.json (a test below checks they agree).
+// The secrets hold `: + / % & = ~` and spaces: with HTTP Basic they must be form-urlencoded
+// before Base64 (RFC 6749 §2.3.1), or the server refuses them.
+
+/// Client credentials grant only; `client_secret_basic`; scope `api:read api:write`.
+pub const CC_BASIC_ID: &str = "cc-basic";
+pub const CC_BASIC_SECRET: &str = "cc-basic s3cr:t+/%&=~ 0123456789abcdef";
+/// Client credentials grant only; `client_secret_post`; scope `api:read api:write`.
+pub const CC_POST_ID: &str = "cc-post";
+pub const CC_POST_SECRET: &str = "cc-post s3cr:t+/%&=~ 0123456789abcdef";
+/// Authorization code (PKCE S256 required) and refresh token; `client_secret_basic`;
+/// scope `openid offline_access api:read api:write`; a refresh token with every code exchange.
+pub const APP_ID: &str = "app";
+pub const APP_SECRET: &str = "app s3cr:t+/%&=~ 0123456789abcdef";
+/// Nothing listens there: [`authorize_headless`] stops before following it.
+pub const APP_REDIRECT_URI: &str = "http://127.0.0.1/callback";
+
+/// Scopes every client may ask for (besides `openid` and `offline_access` for [`APP_ID`]).
+pub const API_SCOPES: &str = "api:read api:write";
+/// Access token lifetime of [`OidcProvider::start`], in seconds (`expires_in` says the same).
+pub const DEFAULT_ACCESS_TTL_SECS: u64 = 3;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const STDERR_TAIL_LINES: usize = 40;
+const MAX_REDIRECTS: usize = 10;
+
+/// Token requests the server received (`GET /__test/stats`), whatever their outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub client_credentials: u64,
+    pub authorization_code: u64,
+    /// Refresh requests, failed ones included.
+    pub refresh_token: u64,
+    /// Refresh requests presenting a refresh token value some earlier request presented.
+    pub refresh_token_reused: u64,
+    /// Token answers with error `invalid_grant`, any grant type.
+    pub invalid_grant: u64,
+    /// Token requests with an `Authorization` header.
+    pub client_secret_basic: u64,
+    /// Token requests with `client_secret` in the body.
+    pub client_secret_post: u64,
+}
+
+/// A running oidc-provider on `issuer` (`http://127.0.0.1:<port>`), with its own state.
+pub struct OidcProvider {
+    pub issuer: String,
+    child: Child,
+    /// Held open: the server exits when it closes, so it never outlives this test process.
+    _stdin: ChildStdin,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    http: reqwest::Client,
+}
+
+impl OidcProvider {
+    /// Starts a server whose access tokens live [`DEFAULT_ACCESS_TTL_SECS`] seconds.
+    pub async fn start() -> OidcProvider {
+        Self::start_with(DEFAULT_ACCESS_TTL_SECS).await
+    }
+
+    /// Starts a server whose access tokens (every grant) live `access_ttl_secs` seconds;
+    /// refresh tokens live a day.
+    pub async fn start_with(access_ttl_secs: u64) -> OidcProvider {
+        match tokio::task::spawn_blocking(move || Self::start_blocking(access_ttl_secs)).await {
+            Ok(server) => server,
+            Err(err) => match err.try_into_panic() {
+                Ok(payload) => std::panic::resume_unwind(payload),
+                Err(err) => panic!("oidc-provider: start task failed: {err}"),
+            },
+        }
+    }
+
+    fn start_blocking(access_ttl_secs: u64) -> OidcProvider {
+        ensure_installed();
+        let dir = server_dir();
+        let mut child = Command::new("node")
+            .arg("server.mjs")
+            .current_dir(&dir)
+            .env("PORT", "0")
+            .env("ACCESS_TTL", access_ttl_secs.to_string())
+            .env("EXIT_WITH_STDIN", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!(
+                    "oidc-provider: cannot run `node server.mjs` in {}: {err}; the interop tests need Node.js 20+",
+                    dir.display()
+                )
+            });
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+
+        // Drain both pipes for the server's whole life, so that it never blocks on a write.
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_reader = {
+            let tail = Arc::clone(&stderr_tail);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let mut tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    if tail.len() == STDERR_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            })
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = ready_tx.send(lines.next());
+            for _ in lines {}
+        });
+
+        let fail = |mut child: Child, reader: JoinHandle<()>, what: String| -> ! {
+            let _ = child.kill();
+            let status = match child.wait() {
+                Ok(status) => status.to_string(),
+                Err(err) => format!("unknown: {err}"),
+            };
+            let _ = reader.join();
+            let tail = stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+            let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
+            panic!(
+                "oidc-provider: {what} ({status}); stderr tail:\n{}",
+                tail.join("\n")
+            )
+        };
+
+        let line = match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Some(Ok(line))) => line,
+            Ok(Some(Err(err))) => fail(child, stderr_reader, format!("reading stdout: {err}")),
+            Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => fail(
+                child,
+                stderr_reader,
+                "exited before printing its ready line".into(),
+            ),
+            Err(mpsc::RecvTimeoutError::Timeout) => fail(
+                child,
+                stderr_reader,
+                format!("no ready line within {READY_TIMEOUT:?}"),
+            ),
+        };
+        let issuer = serde_json::from_str::<Value>(&line)
+            .ok()
+            .and_then(|ready| ready["issuer"].as_str().map(str::to_owned));
+        let Some(issuer) = issuer.filter(|issuer| issuer.starts_with("http://127.0.0.1:")) else {
+            fail(
+                child,
+                stderr_reader,
+                format!("unexpected ready line {line:?}"),
+            )
+        };
+
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("reqwest client");
+        OidcProvider {
+            issuer,
+            child,
+            _stdin: stdin,
+            stderr_tail,
+            http,
+        }
+    }
+
+    /// `{issuer}/token`.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+
+    /// `{issuer}/auth`.
+    pub fn authorization_url(&self) -> String {
+        format!("{}/auth", self.issuer)
+    }
+
+    /// `{issuer}/token/revocation` (RFC 7009).
+    pub fn revocation_url(&self) -> String {
+        format!("{}/token/revocation", self.issuer)
+    }
+
+    /// A full authorization request for [`APP_ID`]: response type `code`, PKCE S256.
+    pub fn app_authorization_request(
+        &self,
+        scope: &str,
+        state: &str,
+        code_challenge: &str,
+    ) -> String {
+        let mut url = Url::parse(&self.authorization_url()).expect("authorization URL");
+        url.query_pairs_mut()
+            .append_pair("client_id", APP_ID)
+            .append_pair("redirect_uri", APP_REDIRECT_URI)
+            .append_pair("response_type", "code")
+            .append_pair("scope", scope)
+            .append_pair("state", state)
+            .append_pair("code_challenge", code_challenge)
+            .append_pair("code_challenge_method", "S256");
+        url.into()
+    }
+
+    /// The discovery document (`/.well-known/openid-configuration`).
+    pub async fn discovery(&self) -> Value {
+        self.get_json("/.well-known/openid-configuration").await
+    }
+
+    /// Token requests received so far (since the start or the last [`reset`](Self::reset)).
+    pub async fn stats(&self) -> Stats {
+        let stats = self.get_json("/__test/stats").await;
+        let count = |name: &str| {
+            stats[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("oidc-provider: stats lack {name}: {stats}"))
+        };
+        Stats {
+            client_credentials: count("client_credentials"),
+            authorization_code: count("authorization_code"),
+            refresh_token: count("refresh_token"),
+            refresh_token_reused: count("refresh_token_reused"),
+            invalid_grant: count("invalid_grant"),
+            client_secret_basic: count("client_secret_basic"),
+            client_secret_post: count("client_secret_post"),
+        }
+    }
+
+    /// Destroys every grant, refresh token, code and access token held: the next refresh
+    /// answers `invalid_grant`.
+    pub async fn revoke_all(&self) {
+        self.post_admin("/__test/revoke_all").await;
+    }
+
+    /// Zeroes the counters and forgets which refresh tokens were presented.
+    pub async fn reset(&self) {
+        self.post_admin("/__test/reset").await;
+    }
+
+    /// Whether `access_token` is one this server issued and still honours (not expired, not
+    /// revoked).
+    pub async fn token_active(&self, access_token: &str) -> bool {
+        let mut url = Url::parse(&format!("{}/__test/active", self.issuer)).expect("URL");
+        url.query_pairs_mut().append_pair("token", access_token);
+        let answer = self.get_json(url.as_str()).await;
+        answer["active"]
+            .as_bool()
+            .unwrap_or_else(|| panic!("oidc-provider: unexpected /__test/active answer {answer}"))
+    }
+
+    /// The last lines the server wrote to stderr, for failure messages.
+    pub fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    async fn get_json(&self, path_or_url: &str) -> Value {
+        let url = if path_or_url.starts_with('/') {
+            format!("{}{path_or_url}", self.issuer)
+        } else {
+            path_or_url.to_owned()
+        };
+        let response = self.http.get(&url).send().await;
+        self.json_answer("GET", &url, response).await
+    }
+
+    async fn post_admin(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.issuer);
+        let response = self.http.post(&url).send().await;
+        self.json_answer("POST", &url, response).await
+    }
+
+    async fn json_answer(
+        &self,
+        method: &str,
+        url: &str,
+        response: reqwest::Result<reqwest::Response>,
+    ) -> Value {
+        let response = response.unwrap_or_else(|err| {
+            panic!(
+                "oidc-provider: {method} {url} failed: {err}; stderr tail:\n{}",
+                self.stderr_tail()
+            )
+        });
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .unwrap_or_else(|err| panic!("oidc-provider: {method} {url}: reading body: {err}"));
+        if status != StatusCode::OK {
+            panic!(
+                "oidc-provider: {method} {url} answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        serde_json::from_slice(&body).unwrap_or_else(|err| {
+            panic!(
+                "oidc-provider: {method} {url}: not JSON ({err}): {}",
+                String::from_utf8_lossy(&body)
+            )
+        })
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a full authorization request (client_id, redirect_uri, response_type=code, scope,
+/// state, code_challenge, code_challenge_method=S256) without a browser: follows the server's
+/// redirects with a fresh cookie jar (the server signs in `alice` and grants what was asked)
+/// and returns the redirect to [`APP_REDIRECT_URI`], e.g.
+/// `http://127.0.0.1/callback?code=...&state=...&iss=...`, without following it.
+///
+/// Panics unless that redirect carries a `code` (an `error` instead is in the message); see
+/// [`authorize_headless_any`] for error redirects.
+pub async fn authorize_headless(authorization_url: &str) -> String {
+    let callback = authorize_headless_any(authorization_url).await;
+    if query_param(&callback, "code").is_none() {
+        panic!(
+            "headless authorization: callback without code: error {:?}, error_description {:?}",
+            query_param(&callback, "error"),
+            query_param(&callback, "error_description"),
+        );
+    }
+    callback
+}
+
+/// Like [`authorize_headless`], but returns the redirect to [`APP_REDIRECT_URI`] whatever it
+/// carries, a `code` or an `error` (with `error_description`, `state`, `iss`).
+pub async fn authorize_headless_any(authorization_url: &str) -> String {
+    let client = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("reqwest client");
+    let mut url = Url::parse(authorization_url).unwrap_or_else(|err| {
+        panic!("headless authorization: bad URL {authorization_url:?}: {err}")
+    });
+    for _ in 0..MAX_REDIRECTS {
+        let response = client.get(url.clone()).send().await.unwrap_or_else(|err| {
+            panic!("headless authorization: GET {} failed: {err}", url.path())
+        });
+        let status = response.status();
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|location| location.to_str().ok())
+            .map(str::to_owned);
+        let location = match location {
+            Some(location) if status.is_redirection() => location,
+            _ => {
+                let body = response.text().await.unwrap_or_default();
+                let body: String = body.chars().take(500).collect();
+                panic!(
+                    "headless authorization: GET {} answered {status} with Location {location:?}, \
+                     not a redirect; body: {body}",
+                    url.path()
+                );
+            }
+        };
+        if location.starts_with(APP_REDIRECT_URI) {
+            return location;
+        }
+        url = url.join(&location).unwrap_or_else(|err| {
+            panic!("headless authorization: bad Location {location:?}: {err}")
+        });
+    }
+    panic!(
+        "headless authorization: no redirect to {APP_REDIRECT_URI} within {MAX_REDIRECTS} hops (last {url})"
+    );
+}
+
+/// The first value of query parameter `name` in `url`, decoded.
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let url = Url::parse(url).ok()?;
+    url.query_pairs()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+fn server_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/oidc-provider")
+}
+
+/// Installs the pinned oidc-provider once per test process when it is missing.
+fn ensure_installed() {
+    static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+    if let Err(err) = INSTALLED.get_or_init(install) {
+        panic!("{err}");
+    }
+}
+
+fn install() -> Result<(), String> {
+    let dir = server_dir();
+    let pinned = pinned_version(&dir)?;
+    if installed_version(&dir).as_deref() == Some(pinned.as_str()) {
+        return Ok(());
+    }
+    let output = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| {
+            format!(
+                "oidc-provider interop tests: cannot run `npm ci` in {} ({err}); they need Node.js 20+ and npm",
+                dir.display()
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "oidc-provider interop tests: `npm ci --no-audit --no-fund` in {} failed ({}):\n{}\n{}",
+            dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        ));
+    }
+    match installed_version(&dir) {
+        Some(version) if version == pinned => Ok(()),
+        other => Err(format!(
+            "oidc-provider interop tests: after `npm ci` in {}, oidc-provider is {other:?}, not {pinned}",
+            dir.display()
+        )),
+    }
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn pinned_version(dir: &Path) -> Result<String, String> {
+    read_json(&dir.join("package.json"))
+        .and_then(|package| {
+            package["dependencies"]["oidc-provider"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| {
+            format!(
+                "no oidc-provider dependency in {}/package.json",
+                dir.display()
+            )
+        })
+}
+
+fn installed_version(dir: &Path) -> Option<String> {
+    read_json(&dir.join("node_modules/oidc-provider/package.json"))
+        .and_then(|package| package["version"].as_str().map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The harness itself, quickly: the constants match the server's clients, the server
+    //! starts, and a full authorization-code flow runs headless through it.
+
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    #[test]
+    fn constants_match_clients_json() {
+        let clients = read_json(&server_dir().join("clients.json")).expect("clients.json");
+        assert_eq!(clients["cc_basic"]["client_id"], CC_BASIC_ID);
+        assert_eq!(clients["cc_basic"]["client_secret"], CC_BASIC_SECRET);
+        assert_eq!(clients["cc_post"]["client_id"], CC_POST_ID);
+        assert_eq!(clients["cc_post"]["client_secret"], CC_POST_SECRET);
+        assert_eq!(clients["app"]["client_id"], APP_ID);
+        assert_eq!(clients["app"]["client_secret"], APP_SECRET);
+        assert_eq!(clients["app"]["redirect_uri"], APP_REDIRECT_URI);
+        for secret in [CC_BASIC_SECRET, CC_POST_SECRET, APP_SECRET] {
+            for special in [':', '+', '/', '%', '&', '=', '~', ' '] {
+                assert!(
+                    secret.contains(special),
+                    "{special:?} missing from a secret"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn server_starts_and_answers_discovery() {
+        let server = OidcProvider::start().await;
+        let discovery = server.discovery().await;
+        assert_eq!(discovery["issuer"], server.issuer.as_str());
+        assert_eq!(discovery["token_endpoint"], server.token_url().as_str());
+        assert_eq!(
+            discovery["authorization_endpoint"],
+            server.authorization_url().as_str()
+        );
+        assert_eq!(
+            discovery["revocation_endpoint"],
+            server.revocation_url().as_str()
+        );
+        assert_eq!(server.stats().await, Stats::default());
+    }
+
+    fn form(pairs: &[(&str, &str)]) -> String {
+        let mut body = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in pairs {
+            body.append_pair(key, value);
+        }
+        body.finish()
+    }
+
+    /// RFC 6749 §2.3.1: form-urlencode id and secret, then Base64.
+    fn basic(id: &str, secret: &str) -> String {
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        format!(
+            "Basic {}",
+            STANDARD.encode(format!("{}:{}", encode(id), encode(secret)))
+        )
+    }
+
+    async fn token_request(
+        server: &OidcProvider,
+        auth: &str,
+        pairs: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let response = server
+            .http
+            .post(server.token_url())
+            .header(header::AUTHORIZATION, auth)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form(pairs))
+            .send()
+            .await
+            .expect("token request");
+        let status = response.status();
+        let body = response.bytes().await.expect("token body");
+        (
+            status,
+            serde_json::from_slice(&body).expect("token answer is JSON"),
+        )
+    }
+
+    #[tokio::test]
+    async fn headless_code_flow_rotation_reuse_and_revoke_all() {
+        let server = OidcProvider::start().await;
+        let app = basic(APP_ID, APP_SECRET);
+
+        let verifier = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let request = server.app_authorization_request(API_SCOPES, "state-1", &challenge);
+        let callback = authorize_headless(&request).await;
+        assert!(callback.starts_with(APP_REDIRECT_URI), "{callback}");
+        assert_eq!(query_param(&callback, "state").as_deref(), Some("state-1"));
+        let code = query_param(&callback, "code").expect("code");
+
+        let (status, tokens) = token_request(
+            &server,
+            &app,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", APP_REDIRECT_URI),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        assert_eq!(tokens["expires_in"], DEFAULT_ACCESS_TTL_SECS);
+        let first = tokens["refresh_token"]
+            .as_str()
+            .expect("refresh token")
+            .to_owned();
+        assert!(
+            server
+                .token_active(tokens["access_token"].as_str().unwrap())
+                .await
+        );
+
+        let refresh = |token: String| {
+            let (server, app) = (&server, &app);
+            async move {
+                token_request(
+                    server,
+                    app,
+                    &[("grant_type", "refresh_token"), ("refresh_token", &token)],
+                )
+                .await
+            }
+        };
+        let (status, rotated) = refresh(first.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{rotated}");
+        let second = rotated["refresh_token"]
+            .as_str()
+            .expect("rotated refresh token")
+            .to_owned();
+        assert_ne!(first, second);
+
+        // Reuse of a consumed refresh token: invalid_grant, and the grant is gone.
+        let (status, reused) = refresh(first).await;
+        assert_eq!(
+            (status, &reused["error"]),
+            (StatusCode::BAD_REQUEST, &Value::from("invalid_grant"))
+        );
+        let (_, after) = refresh(second).await;
+        assert_eq!(after["error"], "invalid_grant");
+
+        let stats = server.stats().await;
+        assert_eq!(
+            stats,
+            Stats {
+                authorization_code: 1,
+                refresh_token: 3,
+                refresh_token_reused: 1,
+                invalid_grant: 2,
+                client_secret_basic: 4,
+                ..Stats::default()
+            }
+        );
+
+        // revoke_all: a fresh grant's refresh token stops working.
+        server.reset().await;
+        let callback = authorize_headless(
+            &server.app_authorization_request(API_SCOPES, "state-2", &challenge),
+        )
+        .await;
+        let code = query_param(&callback, "code").expect("code");
+        let (_, tokens) = token_request(
+            &server,
+            &app,
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", APP_REDIRECT_URI),
+                ("code_verifier", &verifier),
+            ],
+        )
+        .await;
+        let fresh = tokens["refresh_token"]
+            .as_str()
+            .expect("refresh token")
+            .to_owned();
+        server.revoke_all().await;
+        let (_, after) = refresh(fresh).await;
+        assert_eq!(after["error"], "invalid_grant");
+        assert_eq!(server.stats().await.invalid_grant, 1);
+    }
+
+    #[tokio::test]
+    async fn basic_auth_needs_form_urlencoding() {
+        let server = OidcProvider::start().await;
+        let grant = [("grant_type", "client_credentials"), ("scope", "api:read")];
+        let (status, tokens) =
+            token_request(&server, &basic(CC_BASIC_ID, CC_BASIC_SECRET), &grant).await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        assert_eq!(tokens["scope"], "api:read");
+
+        let raw = format!(
+            "Basic {}",
+            STANDARD.encode(format!("{CC_BASIC_ID}:{CC_BASIC_SECRET}"))
+        );
+        let (status, refused) = token_request(&server, &raw, &grant).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+        assert_eq!(server.stats().await.client_credentials, 2);
+    }
+}
