@@ -2,6 +2,7 @@
 //! Time-dependent tests run on tokio's paused clock.
 
 mod alloc;
+mod grants;
 mod outcomes;
 mod refresh;
 mod request_path;
