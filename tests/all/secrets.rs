@@ -113,3 +113,67 @@ async fn stats_count_refreshes_failures_and_retries() {
     assert_eq!(stats.time_to_expiry, Some(Duration::from_secs(60)));
     assert_eq!(stats.last_error, None);
 }
+
+#[test]
+fn grants_debug_never_shows_secrets() {
+    use oauth_refresh::oauth::AuthorizationCode;
+    use oauth_refresh::{ClientCredentials, ClientSecret, RefreshTokenGrant};
+
+    let client_credentials =
+        ClientCredentials::new("https://login.test/token", "svc", "cs-s3cr3t").scope("api:read");
+    let refresh = RefreshTokenGrant::new("https://login.test/token", "app", "rt-s3cr3t")
+        .client_secret("cs-s3cr3t")
+        .access_token("at-s3cr3t", std::time::SystemTime::now());
+    let sign_in = AuthorizationCode::new(
+        "https://login.test/authorize",
+        "https://login.test/token",
+        "app",
+        "http://127.0.0.1/callback",
+    )
+    .client_secret("cs-s3cr3t");
+    let pending = sign_in.start().unwrap();
+    let printed = [
+        format!("{client_credentials:?}"),
+        format!("{refresh:#?}"),
+        format!("{sign_in:?}"),
+        format!("{pending:?}"),
+        format!("{:?} {}", ClientSecret::new("cs-s3cr3t"), ClientSecret::new("cs-s3cr3t")),
+    ];
+    for printed in printed {
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(!printed.contains(pending.state()), "{printed}");
+    }
+}
+
+#[tokio::test]
+async fn token_requests_on_the_wire_are_traced_without_secrets() {
+    use crate::token_endpoint::{Answer, TokenEndpoint};
+    use oauth_refresh::{RefreshToken, RefreshTokenGrant, TokenSet};
+    use serde_json::json;
+
+    let log = trace_log();
+    let server = TokenEndpoint::start().await;
+    server.push(Answer::json(
+        200,
+        json!({"access_token": "at-w1re", "refresh_token": "rt-w1re-2", "expires_in": 60}),
+    ));
+    server.push(Answer::json(
+        400,
+        json!({"error": "invalid_grant", "error_description": "revoked"}),
+    ));
+    let grant = RefreshTokenGrant::new(server.url(), "app", "rt-w1re-1")
+        .client_secret("cs-w1re")
+        .persist(|_: TokenSet, _: Option<RefreshToken>| async {
+            Err::<(), _>(std::io::Error::other("store unavailable"))
+        });
+    let layer = RefreshLayer::new(grant);
+    layer.refresh().await.unwrap();
+    let err = layer.refresh().await.unwrap_err();
+    assert!(err.to_string().contains("revoked"));
+
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("store unavailable"), "the hook failure is reported: {log}");
+    assert!(log.contains("invalid_grant"), "{log}");
+    assert!(!log.contains("w1re"), "{log}");
+    assert!(!format!("{err} {err:?}").contains("w1re"));
+}
