@@ -544,20 +544,21 @@ mod tests {
         )
     }
 
+    /// A token request with this `Authorization` header, if any.
     async fn token_request(
         server: &OidcProvider,
-        auth: &str,
+        auth: Option<&str>,
         pairs: &[(&str, &str)],
     ) -> (StatusCode, Value) {
-        let response = server
+        let mut request = server
             .http
             .post(server.token_url())
-            .header(header::AUTHORIZATION, auth)
             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(form(pairs))
-            .send()
-            .await
-            .expect("token request");
+            .body(form(pairs));
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let response = request.send().await.expect("token request");
         let status = response.status();
         let body = response.bytes().await.expect("token body");
         (
@@ -570,6 +571,7 @@ mod tests {
     async fn headless_code_flow_rotation_reuse_and_revoke_all() {
         let server = OidcProvider::start().await;
         let app = basic(APP_ID, APP_SECRET);
+        let app = Some(app.as_str());
 
         let verifier = URL_SAFE_NO_PAD.encode([7u8; 32]);
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
@@ -581,7 +583,7 @@ mod tests {
 
         let (status, tokens) = token_request(
             &server,
-            &app,
+            app,
             &[
                 ("grant_type", "authorization_code"),
                 ("code", &code),
@@ -603,7 +605,7 @@ mod tests {
         );
 
         let refresh = |token: String| {
-            let (server, app) = (&server, &app);
+            let server = &server;
             async move {
                 token_request(
                     server,
@@ -652,7 +654,7 @@ mod tests {
         let code = query_param(&callback, "code").expect("code");
         let (_, tokens) = token_request(
             &server,
-            &app,
+            app,
             &[
                 ("grant_type", "authorization_code"),
                 ("code", &code),
@@ -672,20 +674,43 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn basic_auth_needs_form_urlencoding() {
+    async fn client_credentials_basic_needs_form_urlencoding_and_post_works() {
         let server = OidcProvider::start().await;
         let grant = [("grant_type", "client_credentials"), ("scope", "api:read")];
-        let (status, tokens) =
-            token_request(&server, &basic(CC_BASIC_ID, CC_BASIC_SECRET), &grant).await;
+        let encoded = basic(CC_BASIC_ID, CC_BASIC_SECRET);
+        let (status, tokens) = token_request(&server, Some(&encoded), &grant).await;
         assert_eq!(status, StatusCode::OK, "{tokens}");
         assert_eq!(tokens["scope"], "api:read");
+        assert_eq!(tokens["expires_in"], DEFAULT_ACCESS_TTL_SECS);
 
         let raw = format!(
             "Basic {}",
             STANDARD.encode(format!("{CC_BASIC_ID}:{CC_BASIC_SECRET}"))
         );
-        let (status, refused) = token_request(&server, &raw, &grant).await;
+        let (status, refused) = token_request(&server, Some(&raw), &grant).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
-        assert_eq!(server.stats().await.client_credentials, 2);
+
+        let post = [
+            ("grant_type", "client_credentials"),
+            ("client_id", CC_POST_ID),
+            ("client_secret", CC_POST_SECRET),
+        ];
+        let (status, tokens) = token_request(&server, None, &post).await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        assert!(
+            server
+                .token_active(tokens["access_token"].as_str().unwrap())
+                .await
+        );
+
+        let stats = server.stats().await;
+        assert_eq!(
+            (
+                stats.client_credentials,
+                stats.client_secret_basic,
+                stats.client_secret_post
+            ),
+            (3, 2, 1)
+        );
     }
 }
