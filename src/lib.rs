@@ -49,6 +49,34 @@
 //! # }
 //! ```
 //!
+//! # Grants
+//!
+//! The crate's grants implement [`TokenSource`] and talk to the token endpoint with their own
+//! HTTP client (reqwest by default, feature `reqwest`), never through the layer:
+//! [`ClientCredentials`], [`RefreshTokenGrant`] (with rotation and a persistence hook), and
+//! [`oauth::AuthorizationCode`] with PKCE for the first tokens. See [`oauth`].
+//!
+//! ```
+//! use oauth_refresh::{ClientCredentials, RefreshLayer, RefreshToken, RefreshTokenGrant, TokenSet};
+//!
+//! let service_token = RefreshLayer::new(
+//!     ClientCredentials::new("https://login.example.com/oauth2/token", "reporting", "s3cr3t")
+//!         .scope("api:read"),
+//! );
+//!
+//! # async fn save(_: TokenSet, _: Option<RefreshToken>) -> std::io::Result<()> { Ok(()) }
+//! let user_token = RefreshLayer::new(
+//!     RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", "rt-stored")
+//!         .persist(|tokens: TokenSet, previous: Option<RefreshToken>| save(tokens, previous)),
+//! );
+//! # drop((service_token, user_token));
+//! ```
+//!
+//! # Feature flags
+//!
+//! - `reqwest` (default): the grants' default HTTP client. Without it, give each grant one
+//!   with `http_client`.
+//!
 //! # Errors
 //!
 //! The service's error is a `BoxError`. Refresh failures arrive as their own types, reached

@@ -1,7 +1,7 @@
 //! The grants on the wire: token requests to an OAuth 2.0 authorization server.
 //!
-//! - [`ClientCredentials`](crate::ClientCredentials): a service's own token.
-//! - [`RefreshTokenGrant`](crate::RefreshTokenGrant): a user's token, kept alive with a refresh
+//! - [`ClientCredentials`]: a service's own token.
+//! - [`RefreshTokenGrant`]: a user's token, kept alive with a refresh
 //!   token that the server may rotate; a persistence hook stores each new one.
 //! - [`AuthorizationCode`]: the first tokens, through a browser sign-in with PKCE.
 //! - [`ServerMetadata::discover`]: the endpoints, from the issuer's URL.

@@ -2,6 +2,8 @@
 //! Time-dependent tests run on tokio's paused clock.
 
 mod alloc;
+// The grant tests use reqwest, the grants' default HTTP client.
+#[cfg(feature = "reqwest")]
 mod grants;
 mod outcomes;
 mod refresh;

@@ -137,7 +137,11 @@ fn grants_debug_never_shows_secrets() {
         format!("{refresh:#?}"),
         format!("{sign_in:?}"),
         format!("{pending:?}"),
-        format!("{:?} {}", ClientSecret::new("cs-s3cr3t"), ClientSecret::new("cs-s3cr3t")),
+        format!(
+            "{:?} {}",
+            ClientSecret::new("cs-s3cr3t"),
+            ClientSecret::new("cs-s3cr3t")
+        ),
     ];
     for printed in printed {
         assert!(!printed.contains("s3cr3t"), "{printed}");
@@ -145,6 +149,7 @@ fn grants_debug_never_shows_secrets() {
     }
 }
 
+#[cfg(feature = "reqwest")]
 #[tokio::test]
 async fn token_requests_on_the_wire_are_traced_without_secrets() {
     use crate::token_endpoint::{Answer, TokenEndpoint};
@@ -172,7 +177,10 @@ async fn token_requests_on_the_wire_are_traced_without_secrets() {
     assert!(err.to_string().contains("revoked"));
 
     let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
-    assert!(log.contains("store unavailable"), "the hook failure is reported: {log}");
+    assert!(
+        log.contains("store unavailable"),
+        "the hook failure is reported: {log}"
+    );
     assert!(log.contains("invalid_grant"), "{log}");
     assert!(!log.contains("w1re"), "{log}");
     assert!(!format!("{err} {err:?}").contains("w1re"));
