@@ -5,6 +5,9 @@ mod alloc;
 // The grant tests use reqwest, the grants' default HTTP client.
 #[cfg(feature = "reqwest")]
 mod grants;
+#[cfg(feature = "reqwest")]
+mod interop;
+mod oidc_provider;
 mod outcomes;
 mod refresh;
 mod request_path;
