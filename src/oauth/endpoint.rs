@@ -25,6 +25,15 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a confidential client proves its identity to the token endpoint (RFC 6749 §2.3.1).
 /// A client without a secret sends only its `client_id`, in the form.
+///
+/// ```
+/// use oauth_refresh::ClientCredentials;
+/// use oauth_refresh::oauth::ClientAuth;
+///
+/// let grant = ClientCredentials::new("https://login.example.com/token", "svc", "s3cr3t")
+///     .client_auth(ClientAuth::Post);
+/// # drop(grant);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientAuth {

@@ -171,6 +171,40 @@ async fn a_confidential_refresh_grant_authenticates_with_basic() {
     assert_eq!(request.param("client_id"), None);
 }
 
+#[tokio::test]
+async fn a_stored_access_token_is_used_until_its_wall_clock_expiry() {
+    let server = TokenEndpoint::start().await;
+    server.push(tokens("at-2", Some("rt-2")));
+    let expires_at = std::time::SystemTime::now() + Duration::from_secs(600);
+    let grant =
+        RefreshTokenGrant::new(server.url(), "app", "rt-1").access_token("at-stored", expires_at);
+    let layer = RefreshLayer::new(grant);
+    assert_eq!(call(&layer).await.unwrap(), "hello at-stored");
+    assert_eq!(
+        server.count(),
+        0,
+        "no token request while the stored token lives"
+    );
+    let left = layer.stats().time_to_expiry.unwrap();
+    assert!(
+        left > Duration::from_secs(590) && left <= Duration::from_secs(600),
+        "{left:?}"
+    );
+
+    let expired = std::time::SystemTime::now() - Duration::from_secs(5);
+    let grant = RefreshTokenGrant::new(server.url(), "app", "rt-1").access_token("at-old", expired);
+    let layer = RefreshLayer::new(grant);
+    assert_eq!(
+        call(&layer).await.unwrap(),
+        "hello at-2",
+        "an expired stored token is refreshed"
+    );
+    assert_eq!(
+        server.requests()[0].param("refresh_token").as_deref(),
+        Some("rt-1")
+    );
+}
+
 type Stored = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 fn recording_hook(
