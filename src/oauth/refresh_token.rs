@@ -133,14 +133,6 @@ impl RefreshTokenGrant {
         self.refresh_token.as_ref()
     }
 
-    /// The access token this grant starts from (after a sign-in, or one given with
-    /// [`access_token`](Self::access_token)).
-    pub fn initial_access_token(&self) -> Option<&AccessToken> {
-        self.initial
-            .as_ref()
-            .map(|(tokens, _)| &tokens.access_token)
-    }
-
     super::endpoint_setters!();
 }
 
