@@ -21,7 +21,7 @@ use crate::token::{ClientSecret, TokenSet};
 /// tokens included; anything far larger is an error page or an attack.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a confidential client proves its identity to the token endpoint (RFC 6749 §2.3.1).
 /// A client without a secret sends only its `client_id`, in the form.
@@ -49,7 +49,6 @@ pub enum ClientAuth {
 #[derive(Clone)]
 pub(crate) struct Endpoint {
     token_url: Result<Url, String>,
-    host: Option<String>,
     client_id: String,
     pub(crate) client_secret: Option<ClientSecret>,
     pub(crate) auth: ClientAuth,
@@ -61,14 +60,8 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     pub(crate) fn new(token_url: &str, client_id: String) -> Self {
-        let token_url = Url::parse(token_url).map_err(|error| error.to_string());
-        let host = token_url
-            .as_ref()
-            .ok()
-            .and_then(|url| url.host_str().map(str::to_owned));
         Endpoint {
-            token_url,
-            host,
+            token_url: Url::parse(token_url).map_err(|error| error.to_string()),
             client_id,
             client_secret: None,
             auth: ClientAuth::default(),
@@ -80,7 +73,7 @@ impl Endpoint {
     }
 
     pub(crate) fn host(&self) -> Option<&str> {
-        self.host.as_deref()
+        self.token_url.as_ref().ok()?.host_str()
     }
 
     pub(crate) fn client_id(&self) -> &str {
