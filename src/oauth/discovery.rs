@@ -8,7 +8,7 @@ use http::{Method, StatusCode, header};
 use serde_json::Value;
 use url::Url;
 
-use super::endpoint::{check_transport, read_capped, resolve_client};
+use super::endpoint::{DEFAULT_TIMEOUT, check_transport, read_capped, resolve_client};
 use super::http::HttpClient;
 use crate::error::{ConfigurationError, RefreshError, TransientError, TransientKind};
 
@@ -46,7 +46,7 @@ pub struct ServerMetadata {
 
 impl ServerMetadata {
     /// Fetches the metadata of the server whose issuer identifier is `issuer`, with the
-    /// default HTTP client (feature `reqwest`).
+    /// default HTTP client (feature `reqwest`), within 10 s.
     pub async fn discover(issuer: &str) -> Result<ServerMetadata, RefreshError> {
         discover(issuer, None).await
     }
@@ -60,7 +60,18 @@ impl ServerMetadata {
     }
 }
 
+/// Discovery, bounded like a token request: a server that never answers is an error.
 async fn discover(
+    issuer: &str,
+    client: Option<Arc<dyn HttpClient>>,
+) -> Result<ServerMetadata, RefreshError> {
+    match tokio::time::timeout(DEFAULT_TIMEOUT, fetch_metadata(issuer, client)).await {
+        Ok(found) => found,
+        Err(_elapsed) => Err(TransientError::new(TransientKind::Timeout).into()),
+    }
+}
+
+async fn fetch_metadata(
     issuer: &str,
     client: Option<Arc<dyn HttpClient>>,
 ) -> Result<ServerMetadata, RefreshError> {

@@ -787,3 +787,16 @@ async fn discovery_falls_back_to_openid_configuration_and_checks_the_issuer() {
         .unwrap_err();
     assert_eq!(err.kind(), RefreshErrorKind::Configuration, "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn discovery_of_a_server_that_never_answers_times_out() {
+    let server = TokenEndpoint::start().await;
+    server.push(Answer::hang());
+    let err = ServerMetadata::discover(&server.base_url())
+        .await
+        .unwrap_err();
+    let RefreshError::Transient(err) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(err.kind(), TransientKind::Timeout);
+}
