@@ -22,6 +22,7 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::RefreshBody;
+use crate::cell::Token;
 use crate::classify::Verdict;
 use crate::error::RefreshError;
 use crate::extension::RetryStatus;
@@ -282,7 +283,9 @@ where
         Verdict::TokenRejected => (true, RefreshBody::new(body)),
         Verdict::ReadBody { limit } => {
             let mut body = Box::pin(body);
-            let (frames, prefix) = read_prefix(body.as_mut(), limit).await?;
+            let (frames, prefix) = read_prefix(body.as_mut(), limit)
+                .await
+                .map_err(Into::into)?;
             let rejected = shared
                 .classifier
                 .classify_body(parts.status, &parts.headers, &prefix);
@@ -303,20 +306,9 @@ where
         }
     };
     drain(body).await;
-    // Picks up a newer token if another request already replaced this generation; else
-    // invalidates it and joins the one shared refresh.
-    let token = shared
-        .cell
-        .clone()
-        .acquire(Some(generation))
+    let token = token_for_resend(&shared, generation)
         .await
         .map_err(RefreshError::into_box)?;
-    shared.cell.count_retry();
-    tracing::debug!(
-        rejected_generation = generation,
-        generation = token.generation,
-        "token rejected; resending once"
-    );
     let response = service
         .oneshot((*replay).into_request(token.header))
         .await
@@ -327,23 +319,36 @@ where
     Ok(response)
 }
 
+/// The token to resend a rejected request with: a newer one if another request already
+/// replaced `generation`; else `generation` is invalidated and this joins the one shared
+/// refresh. Counts the resend, which the caller makes exactly once.
+pub(crate) async fn token_for_resend(
+    shared: &Shared,
+    generation: u64,
+) -> Result<Token, RefreshError> {
+    let token = shared.cell.clone().acquire(Some(generation)).await?;
+    shared.cell.count_retry();
+    tracing::debug!(
+        rejected_generation = generation,
+        generation = token.generation,
+        "token rejected; resending once"
+    );
+    Ok(token)
+}
+
 /// Reads frames until `limit` bytes of data or the end, keeping them to hand back, and a
 /// contiguous copy of at most `limit` bytes for the classifier.
-async fn read_prefix<B>(
+pub(crate) async fn read_prefix<B: Body>(
     mut body: Pin<&mut B>,
     limit: usize,
-) -> Result<(VecDeque<Frame<B::Data>>, Vec<u8>), BoxError>
-where
-    B: Body,
-    B::Error: Into<BoxError>,
-{
+) -> Result<(VecDeque<Frame<B::Data>>, Vec<u8>), B::Error> {
     let mut frames = VecDeque::new();
     let mut prefix = Vec::new();
     while prefix.len() < limit {
         let Some(frame) = body.as_mut().frame().await else {
             break;
         };
-        let frame = frame.map_err(Into::into)?;
+        let frame = frame?;
         if let Some(data) = frame.data_ref() {
             // A `Buf` may hold several chunks; read them without consuming the frame.
             let mut slices = [std::io::IoSlice::new(&[]); 16];
@@ -359,7 +364,7 @@ where
 }
 
 /// Reads and drops what is left of a rejected body, so the connection can be reused.
-async fn drain<B: Body>(body: RefreshBody<B>) {
+pub(crate) async fn drain<B: Body>(body: B) {
     let mut body = std::pin::pin!(body);
     let mut read = 0;
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {

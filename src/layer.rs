@@ -63,7 +63,7 @@ use crate::token::TokenSet;
 /// ```
 #[derive(Clone)]
 pub struct RefreshLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// What a service needs per request: the shared cell and this layer value's options. One

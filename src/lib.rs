@@ -125,6 +125,8 @@ mod future;
 mod layer;
 pub mod oauth;
 mod replay;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod service;
 mod source;
 mod token;
