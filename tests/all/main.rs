@@ -2,11 +2,15 @@
 //! Time-dependent tests run on tokio's paused clock.
 
 mod alloc;
+#[cfg(feature = "reqwest")]
+mod api_server;
 // The grant tests use reqwest, the grants' default HTTP client.
 #[cfg(feature = "reqwest")]
 mod grants;
 #[cfg(feature = "reqwest")]
 mod interop;
+#[cfg(feature = "reqwest")]
+mod middleware;
 mod oidc_provider;
 mod outcomes;
 mod refresh;
