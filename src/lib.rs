@@ -2,11 +2,59 @@
 //!
 //! # Overview
 //!
-//! One [`RefreshLayer`] value is a `tower::Layer`. It reads the current token lock-free
-//! through `arc-swap`, refreshes it before expiry without making requests wait, shares one
-//! refresh among all concurrent callers, resends a request once when the server rejects its
-//! token, and raises [`ReauthRequired`] when the refresh itself is refused, so the
-//! application knows a person must sign in again.
+//! One [`RefreshLayer`] value is a `tower::Layer` and, with feature `reqwest` (on by
+//! default), a `reqwest_middleware::Middleware`. It reads the current token lock-free through
+//! `arc-swap`, refreshes it before expiry without making requests wait, shares one refresh
+//! among all concurrent callers, resends a request once when the server rejects its token,
+//! and raises [`ReauthRequired`] when the refresh itself is refused, so the application knows
+//! a person must sign in again.
+//!
+//! Clones of a layer share one token cell: add one clone to a tower stack and another to a
+//! reqwest client, and both use the same token and the same refresh.
+//!
+//! # Quick start: tower
+//!
+//! ```
+//! use oauth_refresh::{ClientCredentials, RefreshLayer};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! # use bytes::Bytes;
+//! # use http_body_util::{BodyExt, Full};
+//! # use oauth_refresh::{BoxFuture, TransientError, oauth::{HttpClient, ResponseBody}};
+//! # struct TokenEndpoint;
+//! # impl HttpClient for TokenEndpoint {
+//! #     fn send(&self, _: http::Request<Bytes>) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
+//! #         let body = br#"{"access_token":"at-1","token_type":"Bearer","expires_in":3600}"#;
+//! #         let body = Full::new(Bytes::from_static(body)).map_err(|never| match never {}).boxed_unsync();
+//! #         Box::pin(async move { Ok(http::Response::new(body)) })
+//! #     }
+//! # }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # let http_client = tower::service_fn(|request: http::Request<String>| async move {
+//! #     assert_eq!(request.headers()["authorization"], "Bearer at-1");
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+//! # });
+//! let layer = RefreshLayer::new(
+//!     ClientCredentials::new("https://login.example.com/oauth2/token", "reporting", "s3cr3t")
+//!         .scope("api:read")
+//! #       .http_client(TokenEndpoint)
+//! );
+//! // `http_client`: any tower HTTP client service, such as hyper-util's `Client`.
+//! let service = ServiceBuilder::new().layer(layer.clone()).service(http_client);
+//!
+//! let request = http::Request::get("https://api.example.com/reports").body(String::new())?;
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.status(), 200);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/tower_hyper.rs` runs this over hyper-util's client against a server on loopback.
+//!
+#![cfg_attr(feature = "reqwest", doc = include_str!("docs/reqwest.md"))]
+//!
+//! # Token states
 //!
 //! Each request finds the token in one of three states, by the monotonic clock:
 //!
@@ -15,37 +63,263 @@
 //!   a background refresh if none is running. No request waits.
 //! - **EXPIRED** (or no token yet, or rejected): wait for the one shared refresh, then send.
 //!
-//! # Example
+//! The refresh-ahead window is 30 s by default ([`RefreshLayer::refresh_ahead`]), jittered down
+//! by up to a fifth, and never more than half the token's lifetime: a token that lives 60 s is
+//! refreshed in the background from about 30 s on.
 //!
 //! ```
 //! use std::time::Duration;
-//! use oauth_refresh::{AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource};
+//! use oauth_refresh::RefreshLayer;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! # use oauth_refresh::{AccessToken, BoxFuture, RefreshError, TokenRequest, TokenSet, TokenSource};
+//! # use std::sync::atomic::{AtomicUsize, Ordering};
+//! # /// Issues `at-1`, `at-2`, ..., each living 60 s.
+//! # #[derive(Default)]
+//! # struct Issuer(AtomicUsize);
+//! # impl TokenSource for Issuer {
+//! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+//! #         let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+//! #         Box::pin(async move {
+//! #             let mut tokens = TokenSet::new(AccessToken::new(format!("at-{n}")));
+//! #             tokens.expires_in = Some(Duration::from_secs(60));
+//! #             Ok(tokens)
+//! #         })
+//! #     }
+//! # }
+//! # async fn token_sent<S>(service: &mut S) -> String
+//! # where S: Service<http::Request<String>, Response = http::Response<oauth_refresh::RefreshBody<String>>>, S::Error: std::fmt::Debug {
+//! #     use http_body_util::BodyExt;
+//! #     let response = service.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap();
+//! #     String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+//! # }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! # let api = tower::service_fn(|request: http::Request<String>| async move {
+//! #     let token = request.headers()["authorization"].to_str().unwrap().to_owned();
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(token))
+//! # });
+//! let layer = RefreshLayer::new(Issuer::default());
+//! let mut service = ServiceBuilder::new().layer(layer.clone()).service(api);
+//!
+//! // No token yet: the first request waits for the first refresh.
+//! assert_eq!(token_sent(&mut service).await, "Bearer at-1");
+//! // FRESH: sent as it is.
+//! tokio::time::advance(Duration::from_secs(20)).await;
+//! assert_eq!(token_sent(&mut service).await, "Bearer at-1");
+//! // STALE: sent at once with the valid token; a background refresh starts.
+//! tokio::time::advance(Duration::from_secs(25)).await;
+//! assert_eq!(token_sent(&mut service).await, "Bearer at-1");
+//! tokio::time::sleep(Duration::from_millis(1)).await; // the refresh task runs
+//! assert_eq!(token_sent(&mut service).await, "Bearer at-2");
+//! // EXPIRED, with no request for longer than a lifetime: the next one waits.
+//! tokio::time::advance(Duration::from_secs(61)).await;
+//! assert_eq!(token_sent(&mut service).await, "Bearer at-3");
+//! assert_eq!(layer.stats().refreshes, 3);
+//! # }
+//! ```
+//!
+//! # What is retried
+//!
+//! A response the classifier calls a rejection of the token is answered by one resend. By
+//! default that is a `401` whose `Bearer` challenge says `error="invalid_token"`, or a `401`
+//! with no Bearer challenge; replace the rule with [`RefreshLayer::classifier`] (see
+//! [`classify`]). Before resending, the layer:
+//!
+//! - uses a newer token if another request already replaced the rejected one, without a
+//!   refresh of its own;
+//! - otherwise marks the rejected token invalid and joins the one shared refresh;
+//! - drains the rejected response's body, so the connection is reused.
+//!
+//! The answer to the resend is returned as it is, a second rejection included, with
+//! [`RetryStatus::Retried`] in its extensions: one resend, never a loop.
+//!
+//! Not resent:
+//!
+//! - a request whose body cannot be replayed (a stream): it is sent once, never failed up
+//!   front, and its rejection comes back untouched, marked [`RetryStatus::BodyNotReplayable`].
+//!   The tower service replays in-memory bodies (`Full<Bytes>`, `String`, `Bytes`, ...); the
+//!   reqwest middleware whatever `reqwest::Request::try_clone` can copy;
+//! - a request with [`NoRetry`], or every request after [`RefreshLayer::retry`]`(false)`:
+//!   marked [`RetryStatus::Disabled`];
+//! - a `403` with `insufficient_scope`, and any other answer the classifier accepts;
+//! - a request that carries its own `Authorization` header, or [`SkipAuth`]: passed through
+//!   untouched;
+//! - a failure of the inner service or the network: that is a retry policy's job, not this
+//!   layer's.
+//!
+//! ```
+//! use oauth_refresh::{NoRetry, RefreshLayer, RetryStatus};
 //! use tower::{ServiceBuilder, ServiceExt};
+//! # use std::time::Duration;
+//! # use oauth_refresh::{AccessToken, BoxFuture, RefreshError, TokenRequest, TokenSet, TokenSource};
+//! # use std::sync::atomic::{AtomicUsize, Ordering};
+//! # #[derive(Default)]
+//! # struct Issuer(AtomicUsize);
+//! # impl TokenSource for Issuer {
+//! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+//! #         let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+//! #         Box::pin(async move {
+//! #             let mut tokens = TokenSet::new(AccessToken::new(format!("at-{n}")));
+//! #             tokens.expires_in = Some(Duration::from_secs(3600));
+//! #             Ok(tokens)
+//! #         })
+//! #     }
+//! # }
+//! # /// Revoked `at-1` early: answers 401 `invalid_token` to it.
 //!
-//! /// A token source; the crate's grants implement the same trait.
-//! struct Issuer;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! # let api = tower::service_fn(|request: http::Request<String>| async move {
+//! #     let status = match request.headers()["authorization"] == "Bearer at-1" { true => 401, false => 200 };
+//! #     let response = http::Response::builder().status(status)
+//! #         .header("www-authenticate", r#"Bearer error="invalid_token""#).body(String::new()).unwrap();
+//! #     Ok::<_, std::convert::Infallible>(response)
+//! # });
+//! let layer = RefreshLayer::new(Issuer::default());
+//! let service = ServiceBuilder::new().layer(layer.clone()).service(api);
 //!
-//! impl TokenSource for Issuer {
-//!     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
-//!         Box::pin(async {
-//!             let mut tokens = TokenSet::new(AccessToken::new("at-1"));
-//!             tokens.expires_in = Some(Duration::from_secs(3600));
-//!             Ok(tokens)
-//!         })
+//! // The API rejects at-1: the layer refreshes and resends once.
+//! let response = service.clone().oneshot(http::Request::new(String::new())).await?;
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(response.extensions().get(), Some(&RetryStatus::Retried));
+//!
+//! // A request the application retries itself.
+//! let mut request = http::Request::new(String::new());
+//! request.extensions_mut().insert(NoRetry);
+//! let response = service.oneshot(request).await?;
+//! assert_eq!(response.extensions().get::<RetryStatus>(), None); // at-2 was accepted
+//! assert_eq!(layer.stats().retries, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Persisting rotated refresh tokens
+//!
+//! With rotation, each refresh answers with a new refresh token and the old one stops
+//! working: an application that restarts with the old one has lost its sign-in. Give the
+//! grant a [`persist`](RefreshTokenGrant::persist) hook. It receives the new token set, whose
+//! `refresh_token` is always the one to present next (rotated, or kept when the server sent
+//! none), and the refresh token that was presented, for a compare-and-swap store. It runs
+//! after the new token is in use and before the requests waiting for it go on. If it fails,
+//! the tokens stay in memory, the failure is logged, and [`Stats::persist_failures`] counts
+//! it.
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use std::time::{Duration, SystemTime};
+//! use oauth_refresh::{RefreshLayer, RefreshToken, RefreshTokenGrant, TokenSet};
+//! # use bytes::Bytes;
+//! # use http_body_util::{BodyExt, Full};
+//! # use oauth_refresh::{BoxFuture, TransientError, oauth::{HttpClient, ResponseBody}};
+//! # struct TokenEndpoint;
+//! # impl HttpClient for TokenEndpoint {
+//! #     fn send(&self, request: http::Request<Bytes>) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
+//! #         assert!(String::from_utf8_lossy(request.body()).contains("refresh_token=rt-1"));
+//! #         let body = br#"{"access_token":"at-2","token_type":"Bearer","expires_in":3600,"refresh_token":"rt-2"}"#;
+//! #         let body = Full::new(Bytes::from_static(body)).map_err(|never| match never {}).boxed_unsync();
+//! #         Box::pin(async move { Ok(http::Response::new(body)) })
+//! #     }
+//! # }
+//!
+//! /// Stands in for a database row: the refresh token to present next.
+//! #[derive(Clone, Default)]
+//! struct Store(Arc<Mutex<Option<String>>>);
+//!
+//! impl Store {
+//!     /// Replaces the stored token only if it is still the one that was presented.
+//!     async fn save(&self, tokens: TokenSet, presented: Option<RefreshToken>) -> std::io::Result<()> {
+//!         let mut row = self.0.lock().unwrap();
+//!         if row.as_deref() == presented.as_ref().map(RefreshToken::secret) {
+//!             *row = tokens.refresh_token.map(|t| t.secret().to_owned());
+//!         }
+//!         Ok(())
 //!     }
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), tower::BoxError> {
-//! let layer = RefreshLayer::new(Issuer);
-//! # let api = tower::service_fn(|request: http::Request<String>| async move {
-//! #     assert_eq!(request.headers()["authorization"], "Bearer at-1");
-//! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
-//! # });
-//! let service = ServiceBuilder::new().layer(layer.clone()).service(api);
-//! let response = service.oneshot(http::Request::new(String::new())).await?;
-//! assert_eq!(response.status(), 200);
+//! # async fn main() -> Result<(), oauth_refresh::RefreshError> {
+//! let store = Store(Arc::new(Mutex::new(Some("rt-1".into()))));
+//! let stored = store.0.lock().unwrap().clone().unwrap();
+//! let expired = SystemTime::now() - Duration::from_secs(1);
+//! let hook = store.clone();
+//! let grant = RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", stored)
+//!     .access_token("at-1", expired) // the stored access token, if any, and its expiry
+//!     .persist(move |tokens, presented| {
+//!         let store = hook.clone();
+//!         async move { store.save(tokens, presented).await }
+//!     })
+//! #   .http_client(TokenEndpoint)
+//!     ;
+//! let layer = RefreshLayer::new(grant);
+//!
+//! layer.refresh().await?; // what the first request would do with an expired token
+//! assert_eq!(store.0.lock().unwrap().as_deref(), Some("rt-2"));
 //! # Ok(())
+//! # }
+//! ```
+//!
+//! # Handling `ReauthRequired`
+//!
+//! When the authorization server refuses the refresh (`invalid_grant`: the user revoked the
+//! app, the refresh token expired or was reused), no retry can help: a person must sign in
+//! again. The layer keeps serving the token it has while it is valid, and raises
+//! [`ReauthRequired`] only to requests that have no usable token left. After a new sign-in,
+//! install its tokens with [`RefreshLayer::set_tokens`], and every clone of the layer uses
+//! them.
+//!
+//! The tower service's error is a `BoxError`; refresh failures arrive as the crate's own
+//! types, reached with `downcast_ref`: [`ReauthRequired`] (sign in again),
+//! [`TransientError`] (the token endpoint failed for now; retry later), [`ConfigurationError`]
+//! (the client is refused, e.g. `invalid_client`), and [`InsecureTransport`].
+//!
+//! ```
+//! use oauth_refresh::{AccessToken, ReauthRequired, RefreshLayer, RefreshToken, TokenSet, TransientError};
+//! # use oauth_refresh::{BoxFuture, RefreshError, TokenRequest, TokenSource};
+//! # struct Revoked;
+//! # impl TokenSource for Revoked {
+//! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+//! #         Box::pin(async { Err(ReauthRequired::new("invalid_grant").host("login.example.com").into()) })
+//! #     }
+//! # }
+//!
+//! enum Next {
+//!     SignIn,
+//!     TryLater,
+//!     Report,
+//! }
+//!
+//! fn next_step(err: &tower::BoxError) -> Next {
+//!     if let Some(reauth) = err.downcast_ref::<ReauthRequired>() {
+//!         // "the authorization server at login.example.com refused to refresh the token
+//!         // (invalid_grant); the user must sign in again"
+//!         eprintln!("{reauth}");
+//!         Next::SignIn
+//!     } else if err.is::<TransientError>() {
+//!         Next::TryLater
+//!     } else {
+//!         Next::Report
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let api = tower::service_fn(|_: http::Request<String>| async move {
+//! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! # });
+//! # use tower::ServiceExt;
+//! let layer = RefreshLayer::new(Revoked);
+//! let service = tower::ServiceBuilder::new().layer(layer.clone()).service(api);
+//!
+//! let err = service.clone().oneshot(http::Request::new(String::new())).await.unwrap_err();
+//! assert!(matches!(next_step(&err), Next::SignIn));
+//!
+//! // After a new sign-in (`oauth::AuthorizationCode`), hand its tokens to the layer.
+//! let mut tokens = TokenSet::new(AccessToken::new("at-new"));
+//! tokens.refresh_token = Some(RefreshToken::new("rt-new"));
+//! layer.set_tokens(tokens).unwrap();
+//! let response = service.oneshot(http::Request::new(String::new())).await.unwrap();
+//! assert_eq!(response.status(), 200);
 //! # }
 //! ```
 //!
@@ -76,29 +350,6 @@
 //!
 //! - `reqwest` (default): the grants' default HTTP client. Without it, give each grant one
 //!   with `http_client`.
-//!
-//! # Errors
-//!
-//! The service's error is a `BoxError`. Refresh failures arrive as their own types, reached
-//! with `downcast_ref`: [`ReauthRequired`] (sign in again), [`TransientError`] (retryable),
-//! [`ConfigurationError`] (the client is refused), and [`InsecureTransport`].
-//!
-//! ```
-//! use oauth_refresh::{ReauthRequired, TransientError};
-//!
-//! fn handle(err: tower::BoxError) -> &'static str {
-//!     if let Some(reauth) = err.downcast_ref::<ReauthRequired>() {
-//!         eprintln!("{reauth}"); // "... the user must sign in again"
-//!         "show the sign-in page"
-//!     } else if err.is::<TransientError>() {
-//!         "try again later"
-//!     } else {
-//!         "report the error"
-//!     }
-//! }
-//! # let err: tower::BoxError = Box::new(ReauthRequired::new("invalid_grant"));
-//! assert_eq!(handle(err), "show the sign-in page");
-//! ```
 //!
 //! # Performance
 //!
