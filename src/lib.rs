@@ -348,8 +348,12 @@
 //!
 //! # Feature flags
 //!
-//! - `reqwest` (default): the grants' default HTTP client. Without it, give each grant one
-//!   with `http_client`.
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `reqwest` | yes | `RefreshLayer` as a `reqwest_middleware::Middleware`, and reqwest (rustls) as the grants' HTTP client for the token endpoint |
+//!
+//! Without `reqwest`, the layer is a tower layer only, and each grant needs an HTTP client
+//! of the application's ([`oauth::HttpClient`], set with `http_client`).
 //!
 //! # Performance
 //!
