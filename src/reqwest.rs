@@ -33,6 +33,9 @@ impl Middleware for RefreshLayer {
     }
 }
 
+/// The request path. The fast path (token FRESH or STALE, response accepted) stays in this
+/// small future; waiting for a refresh, reading a body prefix and the resend are boxed, so
+/// that their state is not moved with every request.
 async fn send(
     shared: &Arc<Shared>,
     mut request: Request,
@@ -53,65 +56,76 @@ async fn send(
     let (authorization, generation) = match shared.cell.current() {
         Some(current) => current,
         None => {
-            let token = shared
-                .cell
-                .clone()
-                .acquire(None)
-                .await
-                .map_err(middleware_error)?;
+            let acquire = Box::pin(shared.cell.clone().acquire(None));
+            let token = acquire.await.map_err(middleware_error)?;
             (token.header, token.generation)
         }
     };
     let retry = shared.retry && extensions.get::<NoRetry>().is_none();
     // `None` for a streaming body: such a request is sent once, never failed up front.
-    let mut replay = if retry { request.try_clone() } else { None };
+    let replay = if retry { request.try_clone() } else { None };
     request
         .headers_mut()
         .insert(header::AUTHORIZATION, authorization);
 
     let response = next.clone().run(request, extensions).await?;
-    let (rejected, mut response) = classify(shared, response).await?;
-    if !rejected {
-        return Ok(response);
-    }
-    let Some(resend) = replay.as_mut() else {
+    let response = match shared
+        .classifier
+        .classify(response.status(), response.headers())
+    {
+        Verdict::Accepted => return Ok(response),
+        Verdict::TokenRejected => response,
+        Verdict::ReadBody { limit } => match Box::pin(read_body(shared, response, limit)).await? {
+            (false, response) => return Ok(response),
+            (true, response) => response,
+        },
+    };
+    let Some(replay) = replay else {
         // No resend, but no other request should send this token again either.
         shared.cell.invalidate_generation(generation);
-        let status = match retry {
+        let mut response = response;
+        response.extensions_mut().insert(match retry {
             true => RetryStatus::BodyNotReplayable,
             false => RetryStatus::Disabled,
-        };
-        response.extensions_mut().insert(status);
+        });
         return Ok(response);
     };
-    drain(http::Response::from(response).into_body()).await;
+    Box::pin(resend(
+        shared, response, generation, replay, extensions, next,
+    ))
+    .await
+}
+
+/// After a rejection: drains the rejected body, gets a newer token (the one shared refresh,
+/// unless another request already replaced the rejected one) and resends once.
+async fn resend(
+    shared: &Shared,
+    rejected: Response,
+    generation: u64,
+    mut replay: Request,
+    extensions: &mut Extensions,
+    next: Next<'_>,
+) -> reqwest_middleware::Result<Response> {
+    drain(http::Response::from(rejected).into_body()).await;
     let token = token_for_resend(shared, generation)
         .await
         .map_err(middleware_error)?;
-    resend
+    replay
         .headers_mut()
         .insert(header::AUTHORIZATION, token.header);
-    let resend = replay.take().expect("checked above");
     // A second rejection is returned as it is: one resend, never a loop.
-    let mut response = next.run(resend, extensions).await?;
+    let mut response = next.run(replay, extensions).await?;
     response.extensions_mut().insert(RetryStatus::Retried);
     Ok(response)
 }
 
-/// Whether the server rejected the token, reading a body prefix first if the classifier
-/// asks; the response comes back whole either way.
-async fn classify(
+/// Reads up to `limit` bytes of the body for the classifier's verdict, and gives the
+/// response back whole.
+async fn read_body(
     shared: &Shared,
     response: Response,
+    limit: usize,
 ) -> reqwest_middleware::Result<(bool, Response)> {
-    let limit = match shared
-        .classifier
-        .classify(response.status(), response.headers())
-    {
-        Verdict::Accepted => return Ok((false, response)),
-        Verdict::TokenRejected => return Ok((true, response)),
-        Verdict::ReadBody { limit } => limit,
-    };
     // reqwest keeps the URL beside the `http` response; put it back on the way out.
     let url = response.url().clone();
     let (parts, body) = http::Response::from(response).into_parts();
