@@ -6,7 +6,7 @@
 //! came with [`RetryStatus::BodyNotReplayable`] in the response's extensions.
 //!
 //! Refresh failures are `reqwest_middleware::Error::Middleware`, holding the crate's own error
-//! type; see [`RefreshLayer`]'s `# reqwest` section for the downcast.
+//! type; the crate docs' reqwest quick start shows the downcast.
 
 use std::sync::Arc;
 
