@@ -20,6 +20,8 @@
 //! cargo bench --bench hot_path -- --warm-up-time 1 --measurement-time 3
 //! ```
 
+mod common;
+
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::{Future, ready};
@@ -27,35 +29,17 @@ use std::hint::black_box;
 use std::pin::pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Bencher, Criterion, criterion_group, criterion_main};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{Empty, Full};
-use oauth_refresh::{
-    AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource,
-};
+use oauth_refresh::RefreshLayer;
 use tower::{Layer, Service, service_fn};
 use tower_http::set_header::SetRequestHeaderLayer;
 
-const ACCESS_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
-const BEARER: &str = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
-const PAYLOAD: &[u8] = br#"{"name":"widget","quantity":3}"#;
-
-/// Hands out the same token, valid for an hour, so every measured request is FRESH.
-struct InMemory;
-
-impl TokenSource for InMemory {
-    fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
-        Box::pin(async {
-            let mut tokens = TokenSet::new(AccessToken::new(ACCESS_TOKEN));
-            tokens.expires_in = Some(Duration::from_secs(3600));
-            Ok(tokens)
-        })
-    }
-}
+use common::{ACCESS_TOKEN, BEARER, InMemory, PAYLOAD};
 
 /// The lock-based design `RefreshLayer` is compared against: the header behind an `RwLock`,
 /// read and cloned on every request.

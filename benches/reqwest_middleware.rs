@@ -16,36 +16,20 @@
 //! cargo bench --bench reqwest_middleware
 //! ```
 
+mod common;
+
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{Extensions, HeaderValue};
-use oauth_refresh::{
-    AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource,
-};
+use oauth_refresh::RefreshLayer;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 
-const ACCESS_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
-const BEARER: &str = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
-const PAYLOAD: &[u8] = br#"{"name":"widget","quantity":3}"#;
-
-/// Hands out the same token, valid for an hour, so every measured request is FRESH.
-struct InMemory;
-
-impl TokenSource for InMemory {
-    fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
-        Box::pin(async {
-            let mut tokens = TokenSet::new(AccessToken::new(ACCESS_TOKEN));
-            tokens.expires_in = Some(Duration::from_secs(3600));
-            Ok(tokens)
-        })
-    }
-}
+use common::{BEARER, InMemory, PAYLOAD};
 
 /// The baseline: a fixed header, as a static-token middleware would insert it.
 struct StaticHeader(HeaderValue);

@@ -34,6 +34,18 @@ fn client(layer: &RefreshLayer) -> ClientWithMiddleware {
         .build()
 }
 
+/// A layer over an in-memory source issuing `at-1`, `at-2`, ... (an hour each), and an API
+/// on 127.0.0.1 that accepts the tokens `accepts` approves.
+async fn setup(
+    accepts: impl Fn(&str) -> bool + Send + Sync + 'static,
+) -> (TestSource, RefreshLayer, Api, ApiServer) {
+    let source = TestSource::new(Duration::from_secs(3600));
+    let layer = RefreshLayer::new(source.clone());
+    let api = Api::accepting(accepts);
+    let server = ApiServer::start(api.clone()).await;
+    (source, layer, api, server)
+}
+
 fn client_credentials(endpoint: &TokenEndpoint) -> RefreshLayer {
     RefreshLayer::new(ClientCredentials::new(
         endpoint.url(),
@@ -144,10 +156,7 @@ async fn one_layer_value_shares_one_token_and_one_refresh_between_tower_and_reqw
 
 #[tokio::test]
 async fn a_rejected_request_is_resent_once_with_its_body_through_try_clone() {
-    let source = TestSource::new(Duration::from_secs(3600));
-    let layer = RefreshLayer::new(source.clone());
-    let api = Api::accepting(|token| token == "at-2");
-    let server = ApiServer::start(api.clone()).await;
+    let (source, layer, api, server) = setup(|token| token == "at-2").await;
 
     let response = client(&layer)
         .post(server.url("/items"))
@@ -179,10 +188,7 @@ async fn a_rejected_request_is_resent_once_with_its_body_through_try_clone() {
 
 #[tokio::test]
 async fn a_second_rejection_is_returned_as_it_is() {
-    let source = TestSource::new(Duration::from_secs(3600));
-    let layer = RefreshLayer::new(source.clone());
-    let api = Api::accepting(|_| false);
-    let server = ApiServer::start(api.clone()).await;
+    let (source, layer, api, server) = setup(|_| false).await;
 
     let response = client(&layer)
         .get(server.url("/items"))
@@ -201,10 +207,7 @@ async fn a_second_rejection_is_returned_as_it_is() {
 
 #[tokio::test]
 async fn a_streaming_body_is_sent_once_and_its_401_returned_untouched() {
-    let source = TestSource::new(Duration::from_secs(3600));
-    let layer = RefreshLayer::new(source.clone());
-    let api = Api::accepting(|_| false);
-    let server = ApiServer::start(api.clone()).await;
+    let (source, layer, api, server) = setup(|_| false).await;
     // `Body::wrap` makes a streaming body, which `Request::try_clone` cannot copy.
     let stream = reqwest::Body::wrap(http_body_util::Full::new(Bytes::from_static(b"chunk")));
 
@@ -302,10 +305,7 @@ async fn a_transient_failure_is_reached_by_downcast_from_reqwest_middleware_erro
 
 #[tokio::test]
 async fn skip_auth_no_retry_and_a_callers_own_authorization_are_honoured() {
-    let source = TestSource::new(Duration::from_secs(3600));
-    let layer = RefreshLayer::new(source.clone());
-    let api = Api::accepting(|token| token == "at-2");
-    let server = ApiServer::start(api.clone()).await;
+    let (source, layer, api, server) = setup(|token| token == "at-2").await;
     let client = client(&layer);
 
     let response = client
