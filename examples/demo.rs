@@ -1,204 +1,170 @@
 //! The crate doing its job, in a few seconds and with no setup.
 //!
-//! An in-process authorization server hands out access tokens that live 3 seconds, with
-//! rotating refresh tokens; an in-process API accepts only live tokens. A `RefreshLayer`
-//! stands between a client and the API:
+//! An authorization server and a protected API run in-process on 127.0.0.1
+//! (`examples/support`). Access tokens live 2 seconds; refresh tokens rotate and are redeemed
+//! once. The app signs in with the authorization code grant and PKCE, then calls the API
+//! through a reqwest-middleware client with a `RefreshLayer`:
 //!
-//! 1. requests across a proactive (refresh-ahead) refresh: none waits;
-//! 2. a token the API rejects: the request is resent once, with a new token;
-//! 3. 100 concurrent requests on an expired token: one refresh serves them all;
+//! 1. requests across a proactive (refresh-ahead) refresh: none waits for it;
+//! 2. a token the API rejects before its expiry: the request is resent once, with a new token;
+//! 3. 100 concurrent requests after the token expired: one refresh serves them all;
 //! 4. a revoked refresh token: `ReauthRequired`, in plain words.
 //!
-//! Run it with `cargo run --example demo`.
+//! Every claim is checked: the demo exits with an error if one does not hold.
+//!
+//! ```text
+//! cargo run --example demo
+//! ```
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod support;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use oauth_refresh::{
-    AccessToken, BoxFuture, ReauthRequired, RefreshError, RefreshLayer, RefreshToken, RetryStatus,
-    TokenRequest, TokenSet, TokenSource,
-};
-use tokio::time::Instant;
-use tower::{BoxError, Layer, ServiceExt};
+use std::time::{Duration, Instant};
 
-const LIFETIME: Duration = Duration::from_secs(3);
+use oauth_refresh::oauth::AuthorizationCode;
+use oauth_refresh::{ReauthRequired, RefreshLayer, RetryStatus};
+use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 
-/// The authorization server: issues access tokens and rotates refresh tokens.
-#[derive(Default)]
-struct AuthServer {
-    issued: AtomicUsize,
-    /// access token → expiry
-    live: Mutex<HashMap<String, Instant>>,
-    /// the one refresh token that may be redeemed next
-    current_refresh_token: Mutex<Option<String>>,
-}
+use support::{APP_CLIENT_ID, APP_REDIRECT_URI, Server, Story};
 
-impl AuthServer {
-    fn token_endpoint(&self, presented: Option<&str>) -> Result<TokenSet, RefreshError> {
-        let mut current = self.current_refresh_token.lock().unwrap();
-        if presented != current.as_deref() {
-            return Err(ReauthRequired::new("invalid_grant")
-                .description("refresh token revoked or already used")
-                .host("auth.demo")
-                .into());
-        }
-        let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
-        let access = format!("access-{n}");
-        let refresh = format!("refresh-{n}");
-        self.live
-            .lock()
-            .unwrap()
-            .insert(access.clone(), Instant::now() + LIFETIME);
-        *current = Some(refresh.clone());
-        let mut tokens = TokenSet::new(AccessToken::new(access));
-        tokens.expires_in = Some(LIFETIME);
-        tokens.refresh_token = Some(RefreshToken::new(refresh));
-        Ok(tokens)
-    }
+const LIFETIME: Duration = Duration::from_secs(2);
 
-    fn accepts(&self, access_token: &str) -> bool {
-        let live = self.live.lock().unwrap();
-        live.get(access_token)
-            .is_some_and(|expiry| Instant::now() < *expiry)
-    }
-
-    fn revoke_everything(&self) {
-        self.live.lock().unwrap().clear();
-        *self.current_refresh_token.lock().unwrap() = None;
-    }
-}
-
-/// How the client reaches the server's token endpoint: a refresh-token grant.
-struct Grant(Arc<AuthServer>);
-
-impl TokenSource for Grant {
-    fn fetch(&self, request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
-        Box::pin(async move {
-            tokio::time::sleep(Duration::from_millis(150)).await; // a network round trip
-            let presented = request.refresh_token.as_ref().map(RefreshToken::secret);
-            self.0.token_endpoint(presented)
-        })
-    }
-
-    fn grant(&self) -> &str {
-        "refresh_token"
-    }
-
-    fn host(&self) -> Option<&str> {
-        Some("auth.demo")
-    }
-
-    fn initial_refresh_token(&self) -> Option<RefreshToken> {
-        Some(RefreshToken::new("refresh-0"))
-    }
-}
+type Error = Box<dyn std::error::Error + Send + Sync>;
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    let started = Instant::now();
-    let say = move |line: String| println!("[{:>5.2}s] {line}", started.elapsed().as_secs_f64());
+async fn main() -> Result<(), Error> {
+    let server = Server::start(LIFETIME).await;
+    let story = Story::begin();
+    story.say(format!(
+        "authorization server and API on 127.0.0.1; access tokens live {}s",
+        LIFETIME.as_secs()
+    ));
 
-    let server = Arc::new(AuthServer::default());
-    *server.current_refresh_token.lock().unwrap() = Some("refresh-0".into());
-    let api_calls = Arc::new(AtomicUsize::new(0));
-    let api = {
-        let server = server.clone();
-        let calls = api_calls.clone();
-        tower::service_fn(move |request: Request<Full<Bytes>>| {
-            let server = server.clone();
-            calls.fetch_add(1, Ordering::SeqCst);
-            async move {
-                let token = request
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .unwrap_or_default()
-                    .to_owned();
-                let response = if server.accepts(&token) {
-                    Response::new(Full::new(Bytes::from(format!("200 OK for {token}"))))
-                } else {
-                    Response::builder()
-                        .status(StatusCode::UNAUTHORIZED)
-                        .header(header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)
-                        .body(Full::new(Bytes::new()))?
-                };
-                Ok::<_, http::Error>(response)
-            }
-        })
-    };
+    let layer = RefreshLayer::new(sign_in(&server, &story).await?);
+    let client = ClientBuilder::new(reqwest::Client::new())
+        .with(layer.clone())
+        .build();
+    let api = server.api_url("/reports");
 
-    let layer = RefreshLayer::new(Grant(server.clone())).refresh_ahead(Duration::from_secs(1));
-    let client = layer.layer(api);
-    let get = || Request::get("https://api.demo/items").body(Full::new(Bytes::new()));
-
-    say("1. requests across a proactive refresh (tokens live 3 s, refreshed 1 s ahead)".into());
-    for _ in 0..6 {
+    story.say("1. requests every 200 ms across the refresh-ahead window");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..8 {
         let sent = Instant::now();
-        let response = client.clone().oneshot(get()?).await?;
-        let waited = sent.elapsed();
-        let body = response.into_body().collect().await?.to_bytes();
-        say(format!(
-            "   {} (waited {:>3} ms, generation {})",
-            String::from_utf8_lossy(&body),
-            waited.as_millis(),
-            layer.stats().generation
+        let response = client.get(&api).send().await?;
+        let took = sent.elapsed();
+        slowest = slowest.max(took);
+        story.say(format!(
+            "   GET /api/reports -> {} in {:>5.1} ms   (refreshes so far: {})",
+            response.status(),
+            took.as_secs_f64() * 1000.0,
+            server.token_requests("refresh_token"),
         ));
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(response.status(), 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(
+        server.token_requests("refresh_token"),
+        1,
+        "one background refresh"
+    );
+    story.say(format!(
+        "   one refresh ran in the background, about half-way through the token's life; \
+         the slowest request took {:.1} ms",
+        slowest.as_secs_f64() * 1000.0
+    ));
 
-    say("2. the API stops accepting the current token".into());
-    server.live.lock().unwrap().clear();
-    let response = client.clone().oneshot(get()?).await?;
+    story.say("2. the API revokes the access token before its expiry");
+    server.revoke_access_tokens();
+    let response = client.get(&api).send().await?;
     let retried = response.extensions().get::<RetryStatus>().copied();
-    let body = response.into_body().collect().await?.to_bytes();
-    say(format!(
-        "   rejected, resent once: {} ({retried:?}, {} retries so far)",
-        String::from_utf8_lossy(&body),
-        layer.stats().retries
+    story.say(format!(
+        "   GET /api/reports -> {} (401 first; resent once with a new token: {retried:?})",
+        response.status()
     ));
+    assert_eq!(response.status(), 200);
+    assert_eq!(retried, Some(RetryStatus::Retried));
+    assert_eq!(server.token_requests("refresh_token"), 2);
 
-    say("3. 100 concurrent requests after the token expired".into());
-    tokio::time::sleep(LIFETIME).await;
-    let before = layer.stats().refreshes;
-    let calls: Vec<_> = (0..100)
-        .map(|_| tokio::spawn(client.clone().oneshot(get().expect("request"))))
-        .collect();
-    let mut ok = 0;
-    for call in calls {
-        if call.await??.status() == StatusCode::OK {
-            ok += 1;
+    story.say("3. no requests until the token has expired, then 100 at once");
+    tokio::time::sleep(LIFETIME + Duration::from_millis(200)).await;
+    let before = server.token_requests("refresh_token");
+    let slowest = concurrent_requests(&client, &api, 100).await?;
+    let refreshes = server.token_requests("refresh_token") - before;
+    story.say(format!(
+        "   100 responses 200; refreshes for all of them: {refreshes}; the slowest waited {:.1} ms",
+        slowest.as_secs_f64() * 1000.0
+    ));
+    assert_eq!(refreshes, 1, "one refresh shared by 100 callers");
+
+    story.say("4. the user signs the app out: every refresh token is revoked");
+    server.revoke_refresh_tokens();
+    server.revoke_access_tokens();
+    match client.get(&api).send().await {
+        Err(reqwest_middleware::Error::Middleware(e)) => {
+            let reauth = e
+                .downcast_ref::<ReauthRequired>()
+                .ok_or("expected ReauthRequired")?;
+            story.say(format!("   ReauthRequired ({}): {reauth}", reauth.error()));
+            assert_eq!(reauth.error(), "invalid_grant");
         }
-    }
-    say(format!(
-        "   {ok}/100 answered 200 after {} shared refresh",
-        layer.stats().refreshes - before
-    ));
-
-    say("4. the authorization server revokes the refresh token".into());
-    server.revoke_everything();
-    layer.invalidate();
-    match client.clone().oneshot(get()?).await {
-        Err(err) => match err.downcast_ref::<ReauthRequired>() {
-            Some(reauth) => say(format!("   ReauthRequired: {reauth}")),
-            None => say(format!("   unexpected error: {err}")),
-        },
-        Ok(response) => say(format!("   unexpected answer: {}", response.status())),
+        other => return Err(format!("expected ReauthRequired, got {other:?}").into()),
     }
 
     let stats = layer.stats();
-    say(format!(
-        "done: {} refreshes, {} failures, {} reauths, {} retries, {} API calls",
-        stats.refreshes,
-        stats.failures,
-        stats.reauths,
-        stats.retries,
-        api_calls.load(Ordering::SeqCst)
+    story.say(format!(
+        "done: {} refreshes, {} resend, {} reauth",
+        stats.refreshes, stats.retries, stats.reauths
     ));
     Ok(())
+}
+
+/// The authorization code grant with PKCE: the URL a browser would open, the server's redirect
+/// back, and the exchange, which gives a refresh-token grant holding the first tokens.
+async fn sign_in(
+    server: &Server,
+    story: &Story,
+) -> Result<oauth_refresh::RefreshTokenGrant, Error> {
+    let pending = AuthorizationCode::new(
+        server.authorization_url(),
+        server.token_url(),
+        APP_CLIENT_ID,
+        APP_REDIRECT_URI,
+    )
+    .start()?;
+    story.say(format!(
+        "sign-in: a browser would open {}…",
+        &pending.url().as_str()[..60]
+    ));
+    // The embedded server approves at once; follow its redirect as the browser would.
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let redirect = browser.get(pending.url().as_str()).send().await?;
+    let callback = redirect.headers()["location"].to_str()?.to_owned();
+    let grant = pending.exchange(&callback).await?;
+    story.say("sign-in: code exchanged with its PKCE verifier; first tokens received");
+    Ok(grant)
+}
+
+/// Sends `count` requests at once and returns the longest any of them took.
+async fn concurrent_requests(
+    client: &ClientWithMiddleware,
+    url: &str,
+    count: usize,
+) -> Result<Duration, Error> {
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let (client, url) = (client.clone(), url.to_owned());
+        requests.spawn(async move {
+            let sent = Instant::now();
+            let status = client.get(url).send().await?.status();
+            Ok::<_, Error>((status, sent.elapsed()))
+        });
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(answer) = requests.join_next().await {
+        let (status, took) = answer??;
+        assert_eq!(status, 200);
+        slowest = slowest.max(took);
+    }
+    Ok(slowest)
 }
