@@ -1,61 +1,65 @@
 //! An authorization server and a protected API, embedded on 127.0.0.1 for the examples.
 //!
-//! Small but real: HTTP/1.1 over loopback, RFC 6749 token responses, `client_secret_basic`,
-//! refresh-token rotation (a refresh token is redeemed once), PKCE S256, and an API that honours
-//! only live access tokens. Access tokens live a few seconds, so the examples show a whole
-//! token lifetime in one run. Nothing here is fit for production: it keeps everything in memory
-//! and signs nobody in.
+//! Small but real: HTTP/1.1 over loopback on a port the system picks, and
+//!
+//! - `POST /token`, the token endpoint ([`token_endpoint`]): `client_credentials`
+//!   (`client_secret_basic` or `client_secret_post`), `refresh_token` with rotation (each
+//!   refresh token is redeemed once) and `authorization_code` with PKCE S256, answered as
+//!   RFC 6749 §5.1 and §5.2 say;
+//! - `GET /authorize`: approves at once, as if the user had signed in and consented, and
+//!   redirects to the app's redirect URI with `code` and `state`;
+//! - `GET /api/...`, the protected API: `200` for a live access token issued here, else `401`
+//!   with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3).
+//!
+//! Access tokens live a few seconds, so the examples show whole lifetimes in one run, and the
+//! token endpoint takes [`TOKEN_ENDPOINT_LATENCY`] to answer, as one across a network does, so
+//! a request that waits for a refresh shows it. Tokens are random; the API names the one it
+//! was sent by a number ("access token #3"), so nothing needs to print a secret. Nothing here
+//! is fit for production: it keeps everything in memory and signs nobody in.
 #![allow(dead_code)] // each example uses part of it
+
+mod token_endpoint;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64URL};
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// A confidential client that may use the client credentials grant.
 pub const SERVICE_CLIENT_ID: &str = "reporting";
-pub const SERVICE_CLIENT_SECRET: &str = "reporting-secret";
-/// A public client (a native app): authorization code with PKCE, then refresh tokens.
+/// Holds `:` and `+` on purpose: the token endpoint decodes `client_secret_basic` as
+/// RFC 6749 §2.3.1 says (each part form-urlencoded, then Base64), so a client that skips the
+/// form-encoding is refused.
+pub const SERVICE_CLIENT_SECRET: &str = "s3cr3t:with+reserved/chars";
+/// A public client (a native app, no secret): authorization code with PKCE, then refresh
+/// tokens.
 pub const APP_CLIENT_ID: &str = "native-app";
+/// Where the app asks to be sent back after the sign-in. The examples read the redirect
+/// instead of following it, so nothing needs to listen there.
 pub const APP_REDIRECT_URI: &str = "http://127.0.0.1:8765/callback";
+/// How long the token endpoint takes to answer.
+pub const TOKEN_ENDPOINT_LATENCY: Duration = Duration::from_millis(150);
 
-/// The embedded servers; they stop when this is dropped.
+/// The embedded servers; they stop, open connections included, when this is dropped.
 pub struct Server {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     accept: AbortHandle,
 }
 
-#[derive(Default)]
-struct State {
-    access_token_lifetime: Duration,
-    /// Live access tokens and when they expire.
-    access_tokens: HashMap<String, Instant>,
-    /// Refresh tokens that may be redeemed, each once.
-    refresh_tokens: HashMap<String, ()>,
-    /// Authorization codes waiting for their exchange, with the PKCE challenge.
-    codes: HashMap<String, String>,
-    /// Token requests answered, by grant type.
-    token_requests: HashMap<String, usize>,
-}
-
 impl Server {
     /// Starts both servers on 127.0.0.1 (a random port), issuing access tokens that live
-    /// `access_token_lifetime` (whole seconds).
+    /// `access_token_lifetime` (whole seconds, as `expires_in` counts them).
     pub async fn start(access_token_lifetime: Duration) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -81,26 +85,45 @@ impl Server {
         format!("http://{}/authorize", self.addr)
     }
 
-    /// A resource of the protected API.
+    /// A resource of the protected API: `api_url("/reports")` is `http://127.0.0.1:PORT/api/reports`.
     pub fn api_url(&self, path: &str) -> String {
         format!("http://{}/api{path}", self.addr)
     }
 
-    /// How many token requests of this grant type were answered with tokens.
+    /// How many token requests of this grant type arrived, refused ones included.
     pub fn token_requests(&self, grant_type: &str) -> usize {
-        let state = self.state.lock().unwrap();
+        let state = self.state();
         state.token_requests.get(grant_type).copied().unwrap_or(0)
     }
 
-    /// The API stops honouring every access token issued so far, expired or not, as after a
-    /// key rotation or a revocation.
-    pub fn revoke_access_tokens(&self) {
-        self.state.lock().unwrap().access_tokens.clear();
+    /// How many token requests were answered with an error.
+    pub fn refused_token_requests(&self) -> usize {
+        self.state().refused_token_requests
     }
 
-    /// Every refresh token issued so far stops working, as when the user signs the app out.
+    /// How many API requests were answered 401.
+    pub fn api_rejections(&self) -> usize {
+        self.state().api_rejections
+    }
+
+    /// The API stops honouring every access token issued so far, before their expiry, as
+    /// after a revocation or a key rotation on the server's side.
+    pub fn revoke_access_tokens(&self) {
+        for token in self.state().access_tokens.values_mut() {
+            token.revoked = true;
+        }
+    }
+
+    /// Every refresh token issued so far stops working, as when the user signs the app out:
+    /// the next refresh is answered `invalid_grant`. Access tokens live on until they expire.
     pub fn revoke_refresh_tokens(&self) {
-        self.state.lock().unwrap().refresh_tokens.clear();
+        for token in self.state().refresh_tokens.values_mut() {
+            token.status = RefreshTokenStatus::Revoked;
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap()
     }
 }
 
@@ -110,14 +133,60 @@ impl Drop for Server {
     }
 }
 
+/// Everything the servers know, behind one mutex that is never held across an await.
+#[derive(Default)]
+struct State {
+    access_token_lifetime: Duration,
+    /// Every access token issued, live or not, so the API can say why it refuses one.
+    access_tokens: HashMap<String, IssuedAccessToken>,
+    refresh_tokens: HashMap<String, IssuedRefreshToken>,
+    /// Authorization codes waiting for their exchange.
+    codes: HashMap<String, IssuedCode>,
+    /// Token requests received, by grant type.
+    token_requests: HashMap<String, usize>,
+    refused_token_requests: usize,
+    api_rejections: usize,
+}
+
+struct IssuedAccessToken {
+    /// Names the token in the API's answers, in place of its value.
+    number: usize,
+    expires_at: Instant,
+    revoked: bool,
+}
+
+struct IssuedRefreshToken {
+    client_id: String,
+    status: RefreshTokenStatus,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RefreshTokenStatus {
+    Live,
+    /// Redeemed once already: rotation replaced it.
+    Used,
+    Revoked,
+}
+
+/// What an authorization code stands for, checked when it is exchanged.
+struct IssuedCode {
+    client_id: String,
+    redirect_uri: String,
+    code_challenge: String,
+    expires_at: Instant,
+}
+
 async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
+    // Dropped with this task when the server is dropped, closing every connection.
+    let mut connections = JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let state = state.clone();
         let service = service_fn(move |request| answer(state.clone(), request));
-        tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        connections.spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
     }
 }
 
@@ -127,114 +196,48 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await?.to_bytes();
-    let mut state = state.lock().unwrap();
     let response = match (&parts.method, parts.uri.path()) {
-        (&Method::POST, "/token") => state.token(&parts.headers, &body),
-        (&Method::GET, "/authorize") => state.authorize(parts.uri.query().unwrap_or("")),
-        (_, path) if path.starts_with("/api/") => state.api(&parts.headers),
+        (&Method::POST, "/token") => {
+            tokio::time::sleep(TOKEN_ENDPOINT_LATENCY).await;
+            state.lock().unwrap().token(&parts.headers, &body)
+        }
+        (&Method::GET, "/authorize") => state
+            .lock()
+            .unwrap()
+            .authorize(parts.uri.query().unwrap_or("")),
+        (&Method::GET, path) if path.starts_with("/api/") => {
+            state.lock().unwrap().api(&parts.headers)
+        }
         _ => plain(StatusCode::NOT_FOUND, "not found"),
     };
     Ok(response)
 }
 
 impl State {
-    /// The token endpoint (RFC 6749 §3.2).
-    fn token(&mut self, headers: &http::HeaderMap, body: &[u8]) -> Response<Full<Bytes>> {
-        let form: HashMap<String, String> =
-            url::form_urlencoded::parse(body).into_owned().collect();
-        let param = |name: &str| form.get(name).map(String::as_str);
-        let grant_type = param("grant_type").unwrap_or_default().to_owned();
-        let outcome = match grant_type.as_str() {
-            "client_credentials" => match basic_credentials(headers) {
-                Some((id, secret))
-                    if id == SERVICE_CLIENT_ID && secret == SERVICE_CLIENT_SECRET =>
-                {
-                    Ok(false)
-                }
-                _ => Err(("invalid_client", "unknown client or wrong secret")),
-            },
-            "refresh_token" => match param("refresh_token") {
-                // Rotation: a refresh token is redeemed once, then it is gone.
-                Some(token) if self.refresh_tokens.remove(token).is_some() => Ok(true),
-                _ => Err((
-                    "invalid_grant",
-                    "the refresh token is revoked or was already used",
-                )),
-            },
-            "authorization_code" => {
-                let challenge = param("code").and_then(|code| self.codes.remove(code));
-                match (challenge, param("code_verifier")) {
-                    (Some(challenge), Some(verifier))
-                        if BASE64URL.encode(Sha256::digest(verifier)) == challenge
-                            && param("redirect_uri") == Some(APP_REDIRECT_URI) =>
-                    {
-                        Ok(true)
-                    }
-                    _ => Err((
-                        "invalid_grant",
-                        "unknown code, or the PKCE verifier does not match",
-                    )),
-                }
-            }
-            _ => Err(("unsupported_grant_type", "not supported here")),
-        };
-        match outcome {
-            Ok(with_refresh_token) => {
-                *self.token_requests.entry(grant_type).or_default() += 1;
-                self.issue(with_refresh_token)
-            }
-            Err((error, description)) => {
-                let status = match error {
-                    "invalid_client" => StatusCode::UNAUTHORIZED,
-                    _ => StatusCode::BAD_REQUEST,
-                };
-                json_response(
-                    status,
-                    json!({"error": error, "error_description": description}),
-                )
-            }
-        }
-    }
-
-    fn issue(&mut self, with_refresh_token: bool) -> Response<Full<Bytes>> {
-        let access_token = random_token("at");
-        let lifetime = self.access_token_lifetime;
-        self.access_tokens
-            .insert(access_token.clone(), Instant::now() + lifetime);
-        let mut body = json!({
-            "access_token": access_token,
-            "token_type": "Bearer",
-            "expires_in": lifetime.as_secs(),
-        });
-        if with_refresh_token {
-            let refresh_token = random_token("rt");
-            self.refresh_tokens.insert(refresh_token.clone(), ());
-            body["refresh_token"] = Value::from(refresh_token);
-        }
-        json_response(StatusCode::OK, body)
-    }
-
-    /// The authorization endpoint, approving at once: the examples have no one to sign in.
+    /// The authorization endpoint (RFC 6749 §4.1.1), approving at once: the examples have no
+    /// one to sign in.
     fn authorize(&mut self, query: &str) -> Response<Full<Bytes>> {
-        let query: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes())
-            .into_owned()
-            .collect();
+        let query = form(query.as_bytes());
         let param = |name: &str| query.get(name).map(String::as_str);
-        let valid = param("response_type") == Some("code")
-            && param("client_id") == Some(APP_CLIENT_ID)
-            && param("redirect_uri") == Some(APP_REDIRECT_URI)
-            && param("code_challenge_method") == Some("S256");
-        let (Some(challenge), Some(state), true) = (param("code_challenge"), param("state"), valid)
-        else {
-            return plain(StatusCode::BAD_REQUEST, "invalid authorization request");
+        // An unknown client or redirect URI gets no redirect: it could send the user anywhere.
+        if param("client_id") != Some(APP_CLIENT_ID)
+            || param("redirect_uri") != Some(APP_REDIRECT_URI)
+        {
+            return plain(StatusCode::BAD_REQUEST, "unknown client or redirect URI");
+        }
+        let answer = match (param("response_type"), param("code_challenge_method")) {
+            (Some("code"), Some("S256")) => match param("code_challenge") {
+                Some(challenge) => ("code", self.issue_code(challenge)),
+                None => ("error", "invalid_request".to_owned()),
+            },
+            (Some("code"), _) => ("error", "invalid_request".to_owned()), // PKCE S256 is required
+            _ => ("error", "unsupported_response_type".to_owned()),
         };
-        let code = random_token("code");
-        self.codes.insert(code.clone(), challenge.to_owned());
-        let location = url::Url::parse_with_params(
-            APP_REDIRECT_URI,
-            [("code", code.as_str()), ("state", state)],
-        )
-        .expect("the redirect URI is a URL");
+        let mut location = url::Url::parse(APP_REDIRECT_URI).expect("a URL");
+        location.query_pairs_mut().append_pair(answer.0, &answer.1);
+        if let Some(state) = param("state") {
+            location.query_pairs_mut().append_pair("state", state);
+        }
         Response::builder()
             .status(StatusCode::FOUND)
             .header(header::LOCATION, location.as_str())
@@ -242,66 +245,66 @@ impl State {
             .expect("valid response")
     }
 
+    fn issue_code(&mut self, code_challenge: &str) -> String {
+        let code = random_token();
+        let issued = IssuedCode {
+            client_id: APP_CLIENT_ID.to_owned(),
+            redirect_uri: APP_REDIRECT_URI.to_owned(),
+            code_challenge: code_challenge.to_owned(),
+            expires_at: Instant::now() + Duration::from_secs(60),
+        };
+        self.codes.insert(code.clone(), issued);
+        code
+    }
+
     /// The protected API: `200` for a live access token, else `401` with a Bearer challenge
     /// (RFC 6750 §3).
-    fn api(&self, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+    fn api(&mut self, headers: &HeaderMap) -> Response<Full<Bytes>> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
-        let live = token
-            .and_then(|token| self.access_tokens.get(token))
-            .is_some_and(|expires_at| Instant::now() < *expires_at);
-        if live {
-            return json_response(StatusCode::OK, json!({"reports": ["q3", "q4"]}));
+        let verdict = match token.and_then(|token| self.access_tokens.get(token)) {
+            None => Err("unknown access token"),
+            Some(token) if token.revoked => Err("the access token was revoked"),
+            Some(token) if Instant::now() >= token.expires_at => Err("the access token expired"),
+            Some(token) => Ok(token.number),
+        };
+        match verdict {
+            Ok(number) => plain(StatusCode::OK, &format!("hello, access token #{number}")),
+            Err(reason) => {
+                self.api_rejections += 1;
+                let challenge = format!(
+                    r#"Bearer realm="api", error="invalid_token", error_description="{reason}""#
+                );
+                Response::builder()
+                    .status(StatusCode::UNAUTHORIZED)
+                    .header(header::WWW_AUTHENTICATE, challenge)
+                    .body(Full::default())
+                    .expect("valid response")
+            }
         }
-        Response::builder()
-            .status(StatusCode::UNAUTHORIZED)
-            .header(
-                header::WWW_AUTHENTICATE,
-                r#"Bearer realm="api", error="invalid_token", error_description="expired or revoked""#,
-            )
-            .body(Full::default())
-            .expect("valid response")
     }
 }
 
-/// The client id and secret of a `client_secret_basic` header: each form-urlencoded, then
-/// Base64 (RFC 6749 §2.3.1).
-fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let decoded = BASE64.decode(value.strip_prefix("Basic ")?).ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    let form_decode = |part: &str| {
-        url::form_urlencoded::parse(format!("v={part}").as_bytes())
-            .next()
-            .map(|(_, value)| value.into_owned())
-    };
-    Some((form_decode(id)?, form_decode(secret)?))
+/// 32 random bytes from the system's source, Base64url: a token nobody can guess.
+fn random_token() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the system's random source");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn random_token(prefix: &str) -> String {
-    format!(
-        "{prefix}-{:016x}{:016x}",
-        fastrand::u64(..),
-        fastrand::u64(..)
-    )
+/// The pairs of a query string or form body, decoded.
+fn form(input: &[u8]) -> HashMap<String, String> {
+    url::form_urlencoded::parse(input).into_owned().collect()
 }
 
-fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header(header::CACHE_CONTROL, "no-store")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("valid response")
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .body(Full::new(Bytes::from_static(text.as_bytes())))
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(text.to_owned())))
         .expect("valid response")
 }
 
