@@ -8,8 +8,8 @@
 //!   RFC 6749 §5.1 and §5.2 say;
 //! - `GET /authorize`: approves at once, as if the user had signed in and consented, and
 //!   redirects to the app's redirect URI with `code` and `state`;
-//! - `GET /api/...`, the protected API: `200` for a live access token issued here, else `401`
-//!   with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3).
+//! - `/api/...`, the protected API (any method): `200` for a live access token issued here,
+//!   else `401` with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3).
 //!
 //! Access tokens live a few seconds, so the examples show whole lifetimes in one run, and the
 //! token endpoint takes [`TOKEN_ENDPOINT_LATENCY`] to answer, as one across a network does, so
@@ -205,9 +205,7 @@ async fn answer(
             .lock()
             .unwrap()
             .authorize(parts.uri.query().unwrap_or("")),
-        (&Method::GET, path) if path.starts_with("/api/") => {
-            state.lock().unwrap().api(&parts.headers)
-        }
+        (_, path) if path.starts_with("/api/") => state.lock().unwrap().api(&parts.headers),
         _ => plain(StatusCode::NOT_FOUND, "not found"),
     };
     Ok(response)
