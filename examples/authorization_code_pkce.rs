@@ -164,7 +164,7 @@ async fn main() -> Result<(), Error> {
         RefreshLayer::new(RefreshTokenGrant::new(
             server.token_url(),
             APP_CLIENT_ID,
-            refresh_token.secret(),
+            refresh_token.clone(),
         ))
     };
     match restart(&first).refresh().await {
