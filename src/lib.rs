@@ -131,6 +131,10 @@
 //! - otherwise marks the rejected token invalid and joins the one shared refresh;
 //! - drains the rejected response's body, so the connection is reused.
 //!
+//! Refreshes start at most once a second, whatever triggers them: a resend that needs a
+//! refresh right after another one waits out the rest of that second. That bound is what
+//! keeps an API that rejects every token from driving a refresh loop.
+//!
 //! The answer to the resend is returned as it is, a second rejection included, with
 //! [`RetryStatus::Retried`] in its extensions: one resend, never a loop.
 //!
