@@ -435,15 +435,6 @@ pub(crate) fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The host of a plain `http://` address that is not loopback: a bearer token sent there
-/// crosses the network in clear text.
-pub(crate) fn insecure_host<'a>(scheme: Option<&str>, host: Option<&'a str>) -> Option<&'a str> {
-    if !scheme.is_some_and(|scheme| scheme.eq_ignore_ascii_case("http")) {
-        return None;
-    }
-    host.filter(|host| !is_loopback(host))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use reqwest_middleware::{Error, Middleware, Next};
 
 use crate::body::RefreshBody;
 use crate::classify::Verdict;
-use crate::error::{self, InsecureTransport, RefreshError};
+use crate::error::{InsecureTransport, RefreshError, is_loopback};
 use crate::extension::{NoRetry, RetryStatus, SkipAuth};
 use crate::future::{drain, read_prefix, token_for_resend};
 use crate::layer::{RefreshLayer, Shared};
@@ -47,11 +47,10 @@ async fn send(
     {
         return next.run(request, extensions).await;
     }
-    if !shared.allow_insecure_http {
-        let url = request.url();
-        if let Some(host) = error::insecure_host(Some(url.scheme()), url.host_str()) {
-            return Err(Error::middleware(InsecureTransport::new(host)));
-        }
+    if !shared.allow_insecure_http
+        && let Some(host) = insecure_host(request.url())
+    {
+        return Err(Error::middleware(InsecureTransport::new(host)));
     }
     let (authorization, generation) = match shared.cell.current() {
         Some(current) => current,
@@ -143,6 +142,15 @@ async fn read_body(
         .into_parts();
     response.extensions_mut().extend(with_url.extensions);
     Ok((rejected, Response::from(response)))
+}
+
+/// The host of a plain `http://` URL that is not loopback: a bearer token sent there crosses
+/// the network in clear text. (The tower service's twin reads an `http::Uri`.)
+fn insecure_host(url: &reqwest::Url) -> Option<&str> {
+    if url.scheme() != "http" {
+        return None;
+    }
+    url.host_str().filter(|host| !is_loopback(host))
 }
 
 /// A refresh failure as the error reqwest-middleware carries, holding the crate's own type

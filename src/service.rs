@@ -5,13 +5,14 @@ use std::mem;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http::uri::Scheme;
 use http::{Request, Response, Uri, header};
 use http_body::Body;
 use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::RefreshBody;
-use crate::error::{self, InsecureTransport};
+use crate::error::{InsecureTransport, is_loopback};
 use crate::extension::{NoRetry, SkipAuth};
 use crate::future::{self, Resend, ResponseFuture};
 use crate::layer::Shared;
@@ -147,9 +148,14 @@ where
     }
 }
 
-/// The host of a plain `http://` URI that is not loopback.
+/// The host of a plain `http://` URI that is not loopback: a bearer token sent there crosses
+/// the network in clear text.
 fn insecure_host(uri: &Uri) -> Option<&str> {
-    error::insecure_host(uri.scheme_str(), uri.host())
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return None;
+    }
+    let host = uri.host()?;
+    (!is_loopback(host)).then_some(host)
 }
 
 #[cfg(test)]
