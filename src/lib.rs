@@ -365,7 +365,11 @@
 //! and the clone of a header value built once per token. The retry's replay copy is the main
 //! per-request cost and can be turned off ([`RefreshLayer::retry`], or [`NoRetry`] for one
 //! request). `cargo bench --bench hot_path` compares both against tower-http's static
-//! `SetRequestHeader` in the same run; see [`Refresh`] for the figures.
+//! `SetRequestHeader` in the same run; see [`Refresh`] for the figures. Through
+//! reqwest-middleware (`cargo bench --bench reqwest_middleware`), against a middleware that
+//! inserts a static header, the layer measured 1.13x with the retry off and 1.41x with it on
+//! (the `reqwest::Request::try_clone` copy); the slow paths there are boxed so that the fast
+//! path's future stays small.
 //!
 //! # Minimum supported Rust version
 //!
