@@ -68,7 +68,7 @@ async fn send(
         .insert(header::AUTHORIZATION, authorization);
 
     let response = next.clone().run(request, extensions).await?;
-    let response = match shared
+    let mut response = match shared
         .classifier
         .classify(response.status(), response.headers())
     {
@@ -82,7 +82,6 @@ async fn send(
     let Some(replay) = replay else {
         // No resend, but no other request should send this token again either.
         shared.cell.invalidate_generation(generation);
-        let mut response = response;
         response.extensions_mut().insert(match retry {
             true => RetryStatus::BodyNotReplayable,
             false => RetryStatus::Disabled,
