@@ -8,8 +8,6 @@
 //! Refresh failures are `reqwest_middleware::Error::Middleware`, holding the crate's own error
 //! type; the crate docs' reqwest quick start shows the downcast.
 
-use std::sync::Arc;
-
 use http::{Extensions, header};
 use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Error, Middleware, Next};
@@ -37,7 +35,7 @@ impl Middleware for RefreshLayer {
 /// small future; waiting for a refresh, reading a body prefix and the resend are boxed, so
 /// that their state is not moved with every request.
 async fn send(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     mut request: Request,
     extensions: &mut Extensions,
     next: Next<'_>,
