@@ -1,10 +1,14 @@
 //! The hot path allocates what a static header costs, plus the replay copy when the retry is on.
+//!
+//! The test binary's allocator also keeps a process-wide count of the bytes in use, which the
+//! fault matrix and the soak test read to show that memory stays bounded.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{Future, ready};
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -17,20 +21,40 @@ use tower_http::set_header::SetRequestHeaderLayer;
 
 use crate::support::TestSource;
 
-/// Counts allocations made by the current thread, so parallel tests do not interfere.
+/// Counts allocations made by the current thread, so parallel tests do not interfere, and
+/// the bytes in use by the whole process.
 struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
 }
 
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes allocated and not yet freed, by every thread of the test binary. Other tests run in
+/// parallel, so compare readings with a margin, or take the peak of a test's own window.
+pub fn live_bytes() -> usize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
         unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        new
     }
 }
 
