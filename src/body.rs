@@ -33,9 +33,15 @@ pin_project! {
         // The common case: the body as the service returned it, not moved since.
         Plain { #[pin] body: B },
         // A classifier read these frames first, so the body was polled before being handed
-        // back, and lives in a box.
-        Read { frames: VecDeque<Frame<B::Data>>, body: Pin<Box<B>> },
+        // back, and lives in a box. Boxed again as a whole: this variant is rare, and inline
+        // it would add 40 bytes to every response, which each move of a response pays for.
+        Read { read: Box<ReadFrames<B>> },
     }
+}
+
+struct ReadFrames<B: Body> {
+    frames: VecDeque<Frame<B::Data>>,
+    body: Pin<Box<B>>,
 }
 
 impl<B: Body> RefreshBody<B> {
@@ -47,7 +53,9 @@ impl<B: Body> RefreshBody<B> {
 
     pub(crate) fn with_read_frames(frames: VecDeque<Frame<B::Data>>, body: Pin<Box<B>>) -> Self {
         RefreshBody {
-            inner: Inner::Read { frames, body },
+            inner: Inner::Read {
+                read: Box::new(ReadFrames { frames, body }),
+            },
         }
     }
 }
@@ -62,9 +70,9 @@ impl<B: Body> Body for RefreshBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().inner.project() {
             InnerProj::Plain { body } => body.poll_frame(cx),
-            InnerProj::Read { frames, body } => match frames.pop_front() {
+            InnerProj::Read { read } => match read.frames.pop_front() {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
-                None => body.as_mut().poll_frame(cx),
+                None => read.body.as_mut().poll_frame(cx),
             },
         }
     }
@@ -72,14 +80,14 @@ impl<B: Body> Body for RefreshBody<B> {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Plain { body } => body.is_end_stream(),
-            Inner::Read { frames, body } => frames.is_empty() && body.is_end_stream(),
+            Inner::Read { read } => read.frames.is_empty() && read.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         let (frames, body): (&VecDeque<_>, &B) = match &self.inner {
             Inner::Plain { body } => return body.size_hint(),
-            Inner::Read { frames, body } => (frames, body),
+            Inner::Read { read } => (&read.frames, &read.body),
         };
         let read: u64 = frames
             .iter()
@@ -100,7 +108,7 @@ impl<B: Body> std::fmt::Debug for RefreshBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let read_frames = match &self.inner {
             Inner::Plain { .. } => 0,
-            Inner::Read { frames, .. } => frames.len(),
+            Inner::Read { read } => read.frames.len(),
         };
         f.debug_struct("RefreshBody")
             .field("read_frames", &read_frames)
