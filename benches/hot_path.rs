@@ -24,85 +24,30 @@ mod common;
 
 use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::{Future, ready};
+use std::future::ready;
 use std::hint::black_box;
-use std::pin::pin;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Waker};
 
 use bytes::Bytes;
 use criterion::{Bencher, Criterion, criterion_group, criterion_main};
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
-use http::{HeaderValue, Request, Response, Uri};
+use http::header::AUTHORIZATION;
+use http::{HeaderValue, Request, Response};
 use http_body_util::{Empty, Full};
 use oauth_refresh::RefreshLayer;
 use tower::{Layer, Service, service_fn};
 use tower_http::set_header::SetRequestHeaderLayer;
 
-use common::{ACCESS_TOKEN, BEARER, InMemory, PAYLOAD};
+use common::{BEARER, InMemory, RwLockBearer, send_ready, sensitive_bearer};
 
-/// The lock-based design `RefreshLayer` is compared against: the header behind an `RwLock`,
-/// read and cloned on every request.
-#[derive(Clone)]
-struct RwLockBearer<S> {
-    inner: S,
-    authorization: Arc<RwLock<HeaderValue>>,
-}
-
-impl<S, B> Service<Request<B>> for RwLockBearer<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let authorization = self
-            .authorization
-            .read()
-            .expect("token lock poisoned")
-            .clone();
-        request.headers_mut().insert(AUTHORIZATION, authorization);
-        self.inner.call(request)
-    }
-}
-
-/// The same request for every variant; building it is part of each iteration.
-fn request() -> Request<Full<Bytes>> {
-    let mut request = Request::new(Full::new(Bytes::from_static(PAYLOAD)));
-    *request.uri_mut() = Uri::from_static("https://api.example.com/v1/widgets");
-    let headers = request.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-    headers.insert(USER_AGENT, HeaderValue::from_static("bench/0.1"));
-    request
-}
-
-/// One request through `service`: ready, call, one poll that must complete.
+/// One request through `service` per iteration.
 fn bench_service<S, ResBody>(b: &mut Bencher<'_>, mut service: S)
 where
     S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
     S::Error: Debug,
 {
     let mut cx = Context::from_waker(Waker::noop());
-    b.iter(|| {
-        let request = request();
-        match service.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => {}
-            other => panic!("service not ready: {other:?}"),
-        }
-        let mut future = pin!(service.call(request));
-        match future.as_mut().poll(&mut cx) {
-            Poll::Ready(Ok(response)) => black_box(response),
-            Poll::Ready(Err(error)) => panic!("request failed: {error:?}"),
-            Poll::Pending => panic!("response not ready on the first poll"),
-        }
-    });
+    b.iter(|| black_box(send_ready(&mut service, &mut cx)));
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -121,11 +66,7 @@ fn hot_path(c: &mut Criterion) {
     rt.block_on(retry_on.refresh()).expect("priming refresh");
     let retry_off = retry_on.clone().retry(false);
 
-    // Built from a runtime string and marked sensitive, as the token cell builds its header.
-    let mut authorization = HeaderValue::try_from(format!("Bearer {ACCESS_TOKEN}"))
-        .expect("token is a valid header value");
-    authorization.set_sensitive(true);
-    let authorization = Arc::new(RwLock::new(authorization));
+    let authorization = Arc::new(RwLock::new(sensitive_bearer()));
 
     let mut group = c.benchmark_group("hot_path");
     group.bench_function("static_header", |b| {

@@ -256,7 +256,12 @@ where
     let verdict = shared
         .classifier
         .classify(response.status(), response.headers());
-    finish(shared, response, token.generation, verdict, resend).await
+    if verdict == Verdict::Accepted {
+        return Ok(response.map(RefreshBody::new));
+    }
+    // Boxed: inline, the rare rest would make every request that waits for a refresh (all of
+    // a stampede's callers) hold a future four times the size.
+    Box::pin(finish(shared, response, token.generation, verdict, resend)).await
 }
 
 /// Everything after a first response that was not plainly accepted: reads the body prefix if
