@@ -251,7 +251,7 @@ where
         .map_err(RefreshError::into_box)?;
     request
         .headers_mut()
-        .insert(header::AUTHORIZATION, token.header);
+        .insert(header::AUTHORIZATION, token.header.get());
     let response = service.oneshot(request).await.map_err(Into::into)?;
     let verdict = shared
         .classifier
@@ -315,7 +315,7 @@ where
         .await
         .map_err(RefreshError::into_box)?;
     let response = service
-        .oneshot((*replay).into_request(token.header))
+        .oneshot((*replay).into_request(token.header.get()))
         .await
         .map_err(Into::into)?;
     // A second rejection is returned as it is: one resend, never a loop.

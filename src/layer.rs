@@ -155,8 +155,11 @@ impl RefreshLayer {
 impl<S> Layer<S> for RefreshLayer {
     type Service = Refresh<S>;
 
+    /// Each service gets its own copy of the options (the token cell stays shared): its
+    /// requests then count references in their own `Arc`, not in one that the services of
+    /// every thread write.
     fn layer(&self, inner: S) -> Self::Service {
-        Refresh::new(inner, self.shared.clone())
+        Refresh::new(inner, Arc::new(Shared::clone(&self.shared)))
     }
 }
 

@@ -55,7 +55,7 @@ async fn send(
         None => {
             let acquire = Box::pin(shared.cell.clone().acquire(None));
             let token = acquire.await.map_err(middleware_error)?;
-            (token.header, token.generation)
+            (token.header.get(), token.generation)
         }
     };
     let retry = shared.retry && extensions.get::<NoRetry>().is_none();
@@ -108,7 +108,7 @@ async fn resend(
         .map_err(middleware_error)?;
     replay
         .headers_mut()
-        .insert(header::AUTHORIZATION, token.header);
+        .insert(header::AUTHORIZATION, token.header.get());
     // A second rejection is returned as it is: one resend, never a loop.
     let mut response = next.run(replay, extensions).await?;
     response.extensions_mut().insert(RetryStatus::Retried);

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Background, Outcome, Schedule, Slot, Token, TokenCell};
+use super::{Authorization, Background, Outcome, Schedule, Slot, Token, TokenCell};
 use crate::error::{RefreshError, TransientError, TransientKind};
 use crate::source::TokenRequest;
 use crate::token::{AccessToken, RefreshToken, TokenSet};
@@ -204,7 +204,7 @@ impl TokenCell {
         if let Some(refresh_token) = refresh_token {
             slot.refresh_token = Some(refresh_token);
         }
-        let header = bearer_header(&access_token)?;
+        let header = Authorization::new(bearer_header(&access_token)?);
         slot.last_generation += 1;
         Ok(Token {
             generation: slot.last_generation,
@@ -233,13 +233,11 @@ impl TokenCell {
 }
 
 fn bearer_header(access_token: &AccessToken) -> Result<HeaderValue, RefreshError> {
-    let mut header =
-        HeaderValue::try_from(format!("Bearer {}", access_token.secret())).map_err(|_| {
-            TransientError::new(TransientKind::InvalidResponse)
-                .with_source("the access token holds characters not allowed in a header")
-        })?;
-    header.set_sensitive(true);
-    Ok(header)
+    HeaderValue::try_from(format!("Bearer {}", access_token.secret())).map_err(|_| {
+        TransientError::new(TransientKind::InvalidResponse)
+            .with_source("the access token holds characters not allowed in a header")
+            .into()
+    })
 }
 
 /// Owns a refresh from spawn to outcome. If the task is dropped or panics before it settles,

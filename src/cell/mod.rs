@@ -5,6 +5,7 @@
 //! header value. Writers (the refresh task, an invalidation, a manual seed) take the slot's
 //! mutex, which is never held across an await.
 
+mod authorization;
 mod flight;
 mod schedule;
 
@@ -22,6 +23,7 @@ use crate::error::{RefreshError, RefreshErrorKind};
 use crate::source::TokenSource;
 use crate::token::RefreshToken;
 
+pub(crate) use authorization::Authorization;
 pub(crate) use schedule::Schedule;
 
 /// The outcome of one refresh, as every waiter receives it.
@@ -33,7 +35,7 @@ pub(crate) struct Token {
     /// Counts tokens in this cell; a request remembers the generation it was sent with.
     pub(crate) generation: u64,
     /// `Bearer <token>`, marked sensitive.
-    pub(crate) header: HeaderValue,
+    pub(crate) header: Authorization,
     pub(crate) expires_at: Option<Instant>,
     /// Where the refresh-ahead window starts.
     pub(crate) refresh_at: Option<Instant>,
@@ -45,7 +47,7 @@ impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
             .field("generation", &self.generation)
-            .field("header", &"Bearer [redacted]")
+            .field("header", &self.header)
             .field("expires_at", &self.expires_at)
             .field("refresh_at", &self.refresh_at)
             .field("rejected", &self.rejected)
@@ -212,7 +214,7 @@ impl TokenCell {
             }
             Phase::Expired => return None,
         }
-        Some((token.header.clone(), token.generation))
+        Some((token.header.get(), token.generation))
     }
 
     /// Waits for a usable token: the current one if another caller already replaced
@@ -402,11 +404,9 @@ mod tests {
 
     #[test]
     fn token_debug_hides_the_header() {
-        let mut header = HeaderValue::from_static("Bearer s3cr3t-access");
-        header.set_sensitive(true);
         let token = Token {
             generation: 3,
-            header,
+            header: Authorization::new(HeaderValue::from_static("Bearer s3cr3t-access")),
             expires_at: None,
             refresh_at: None,
             rejected: false,
@@ -421,7 +421,7 @@ mod tests {
         let now = Instant::now();
         let token = Token {
             generation: 1,
-            header: HeaderValue::from_static("Bearer x"),
+            header: Authorization::new(HeaderValue::from_static("Bearer x")),
             expires_at: Some(now + Duration::from_secs(10)),
             refresh_at: Some(now + Duration::from_secs(5)),
             rejected: false,
