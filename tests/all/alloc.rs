@@ -46,6 +46,8 @@ static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes allocated and not yet freed, by every thread of the test binary. Other tests run in
 /// parallel, so compare readings with a margin, or take the peak of a test's own window.
+// Read by the fault matrix, which needs reqwest.
+#[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
 pub fn live_bytes() -> usize {
     LIVE_BYTES.load(Ordering::Relaxed)
 }
