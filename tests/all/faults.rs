@@ -170,9 +170,15 @@ fn token_endpoint_faults_end_in_their_error_class_while_the_valid_token_is_serve
 
     // First, and alone: it also builds the grants' default client, which the rows then share.
     let endpoint = endpoints.block_on(TokenEndpoint::start());
-    let mut reports = vec![on_thread("dead-runtime", "refreshed", move || {
-        default_client_outlives_a_dropped_runtime(endpoint)
-    })];
+    let thread = std::thread::Builder::new()
+        .name(format!("{THREAD_PREFIX}dead-runtime"))
+        .spawn(move || default_client_outlives_a_dropped_runtime(endpoint))
+        .unwrap();
+    let mut reports = vec![
+        thread
+            .join()
+            .unwrap_or_else(|_| Report::panicked(DEAD_RUNTIME, Outcome::Refreshed)),
+    ];
 
     // The process's bytes in use, now that the default client exists: what the matrix leaves
     // is compared with it.
@@ -343,7 +349,7 @@ struct Report {
 }
 
 impl Report {
-    fn new(fault: &'static str, expected: &Outcome) -> Report {
+    fn new(fault: &'static str, expected: impl ToString) -> Report {
         Report {
             fault,
             expected: expected.to_string(),
@@ -357,12 +363,11 @@ impl Report {
         }
     }
 
-    fn panicked(fault: &'static str, expected: String) -> Report {
+    fn panicked(fault: &'static str, expected: impl ToString) -> Report {
         Report {
-            expected,
             observed: "PANIC".to_owned(),
             problems: vec!["the row's thread panicked".to_owned()],
-            ..Report::new(fault, &Outcome::Refreshed)
+            ..Report::new(fault, expected)
         }
     }
 
@@ -559,15 +564,14 @@ async fn run_row(row: Row, endpoint: TokenEndpoint, http: reqwest::Client, repor
     }
 }
 
+const DEAD_RUNTIME: &str = "default client, after its first runtime was dropped";
+
 /// The grants' process-wide default client pools connections, whose tasks live on the runtime
 /// that opened them. A refresh on a second runtime, after the first was dropped, must still
 /// work: by a `refresh_token` grant, which never resends a request that may have been sent.
 fn default_client_outlives_a_dropped_runtime(endpoint: TokenEndpoint) -> Report {
     let expected = Outcome::Refreshed;
-    let mut report = Report::new(
-        "default client, after its first runtime was dropped",
-        &expected,
-    );
+    let mut report = Report::new(DEAD_RUNTIME, &expected);
     endpoint.push(healthy());
     endpoint.push(Answer::raw(200, Some("application/json"), NEXT_TOKENS));
     let grant = RefreshTokenGrant::new(endpoint.url(), "app", "rt-1").timeout(TIMEOUT);
@@ -622,17 +626,6 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("a runtime")
-}
-
-/// Runs `f` on a thread named for the panic count.
-fn on_thread(name: &str, expected: &str, f: impl FnOnce() -> Report + Send + 'static) -> Report {
-    let thread = std::thread::Builder::new()
-        .name(format!("{THREAD_PREFIX}{name}"))
-        .spawn(f)
-        .unwrap();
-    thread
-        .join()
-        .unwrap_or_else(|_| Report::panicked("default client", expected.to_owned()))
 }
 
 static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
