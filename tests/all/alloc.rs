@@ -1,7 +1,8 @@
 //! The hot path allocates what a static header costs, plus the replay copy when the retry is on.
 //!
-//! The test binary's allocator also keeps a process-wide count of the bytes in use, which the
-//! fault matrix and the soak test read to show that memory stays bounded.
+//! The test binary's allocator also counts the bytes each thread allocates, which the fault
+//! matrix reads to show that a client's memory stays bounded, and the bytes in use by the
+//! whole process, which the soak test reads.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -21,25 +22,39 @@ use tower_http::set_header::SetRequestHeaderLayer;
 
 use crate::support::TestSource;
 
-/// Counts allocations made by the current thread, so parallel tests do not interfere, and
-/// the bytes in use by the whole process.
+/// Counts allocations and allocated bytes of the current thread, so parallel tests do not
+/// interfere, and the bytes in use by the whole process.
 struct Counting;
 
 thread_local! {
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static ALLOCATED_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Bytes the current thread has allocated so far, never decreased by frees: a reallocation
+/// counts its whole new size. Compare two readings to see what code in between allocated.
+pub fn allocated_bytes() -> usize {
+    ALLOCATED_BYTES.with(Cell::get)
+}
+
+fn count(bytes: usize) {
+    ALLOCATIONS.with(|n| n.set(n.get() + 1));
+    ALLOCATED_BYTES.with(|n| n.set(n.get().wrapping_add(bytes)));
 }
 
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 /// Bytes allocated and not yet freed, by every thread of the test binary. Other tests run in
 /// parallel, so compare readings with a margin, or take the peak of a test's own window.
+// Read by the fault matrix, which needs reqwest.
+#[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
 pub fn live_bytes() -> usize {
     LIVE_BYTES.load(Ordering::Relaxed)
 }
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        count(layout.size());
         LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
         unsafe { System.alloc(layout) }
     }
@@ -48,7 +63,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
+        count(new_size);
         let new = unsafe { System.realloc(ptr, layout, new_size) };
         if !new.is_null() {
             LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
@@ -112,4 +127,21 @@ fn fresh_requests_allocate_as_a_static_header_plus_the_replay_box() {
     // The replay copy is one box per request (plus, for a request that has headers or
     // extensions, their clones); it is what the retry costs.
     assert_eq!(allocations(&mut with_retry, 100), static_header + 100);
+}
+
+#[test]
+fn allocated_bytes_counts_this_threads_allocations_only() {
+    let before = allocated_bytes();
+    let buffer = std::hint::black_box(vec![0u8; 100_000]);
+    let other_thread = std::thread::spawn(|| std::hint::black_box(vec![0u8; 1 << 20]).len());
+    assert_eq!(other_thread.join().unwrap(), 1 << 20);
+    let allocated = allocated_bytes() - before;
+    // The vector, plus what spawning and joining a thread allocate here: never the other
+    // thread's mebibyte.
+    assert!((100_000..500_000).contains(&allocated), "{allocated}");
+    drop(buffer);
+    assert!(
+        allocated_bytes() - before >= allocated,
+        "frees never lower the count"
+    );
 }

@@ -3,8 +3,8 @@
 //! ([`TokenEndpoint::route`], e.g. for discovery documents).
 //!
 //! Works on any tokio runtime (current-thread or multi-thread, paused clock or not): the server
-//! itself uses no timers, so a paused clock only advances for [`Answer::delay`] and for the
-//! client's own timeouts.
+//! itself uses no timers, so a paused clock only advances for [`Answer::delay`], the pauses of
+//! [`Answer::drip`] and the client's own timeouts.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -26,13 +26,16 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Sleep;
 
-/// The server; it stops (its accept loop and every open connection) when dropped.
+/// The server; it stops (its accept loop and every open connection) when dropped, or
+/// when [`stop`](TokenEndpoint::stop) is awaited.
 pub struct TokenEndpoint {
     addr: std::net::SocketAddr,
     state: Arc<Mutex<State>>,
-    accept: AbortHandle,
+    accept: JoinHandle<()>,
+    shutdown: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -50,12 +53,23 @@ impl TokenEndpoint {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let state = Arc::new(Mutex::new(State::default()));
-        let accept = tokio::spawn(accept_loop(listener, state.clone())).abort_handle();
+        let shutdown = Arc::new(Notify::new());
+        let accept = tokio::spawn(accept_loop(listener, state.clone(), shutdown.clone()));
         TokenEndpoint {
             addr,
             state,
             accept,
+            shutdown,
         }
+    }
+
+    /// Closes the listener and every open connection, and returns once they are closed: from
+    /// then on, connecting to the port is refused. Works from any runtime.
+    pub async fn stop(mut self) {
+        self.shutdown.notify_one();
+        (&mut self.accept)
+            .await
+            .expect("the accept loop ends by itself");
     }
 
     /// `http://127.0.0.1:PORT/token`
@@ -102,11 +116,15 @@ impl Drop for TokenEndpoint {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
+async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>, shutdown: Arc<Notify>) {
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.notified() => break,
+        };
+        let Ok((stream, _)) = accepted else {
             continue;
         };
         let state = state.clone();
@@ -124,6 +142,9 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
             }
         });
     }
+    drop(listener);
+    // Aborts every connection and waits until each task, and so its socket, is gone.
+    connections.shutdown().await;
 }
 
 async fn answer(
@@ -157,6 +178,12 @@ async fn answer(
             remaining: len,
             chunked,
         },
+        Kind::Drip { bytes, every } => Out::Drip {
+            remaining: bytes,
+            every,
+            pause: None,
+        },
+        Kind::Truncated(bytes) => Out::Truncated(Some(bytes)),
         Kind::Hang => std::future::pending().await,
         Kind::Close => {
             close.notify_one();
@@ -239,6 +266,8 @@ pub struct Answer {
 enum Kind {
     Full(Bytes),
     Huge { len: usize, chunked: bool },
+    Drip { bytes: Bytes, every: Duration },
+    Truncated(Bytes),
     Hang,
     Close,
 }
@@ -307,15 +336,64 @@ impl Answer {
             answer.header(CONTENT_LENGTH.as_str(), &len.to_string())
         }
     }
+
+    /// `status` with `body` sent one byte at a time, a pause of `every` before each byte, and
+    /// Content-Length: the whole length. A client with a shorter timeout never sees the end.
+    pub fn drip(
+        status: u16,
+        content_type: &str,
+        body: impl Into<Bytes>,
+        every: Duration,
+    ) -> Answer {
+        let body = body.into();
+        let answer = Answer {
+            body: Kind::Drip {
+                bytes: body.clone(),
+                every,
+            },
+            ..Answer::raw(status, Some(content_type), Bytes::new())
+        };
+        answer.header(CONTENT_LENGTH.as_str(), &body.len().to_string())
+    }
+
+    /// `status` with Content-Length: `declared`, but only `body` (shorter) sent; then the
+    /// connection closes, as when a server dies mid-answer.
+    pub fn truncated(
+        status: u16,
+        content_type: &str,
+        body: impl Into<Bytes>,
+        declared: usize,
+    ) -> Answer {
+        let body = body.into();
+        assert!(
+            body.len() < declared,
+            "a truncated body is shorter than declared"
+        );
+        let answer = Answer {
+            body: Kind::Truncated(body),
+            ..Answer::raw(status, Some(content_type), Bytes::new())
+        };
+        answer.header(CONTENT_LENGTH.as_str(), &declared.to_string())
+    }
 }
 
 const CHUNK_LEN: usize = 64 * 1024;
 static CHUNK: [u8; CHUNK_LEN] = [b'a'; CHUNK_LEN];
 
-/// A response body: whole, or streamed from a counter.
+/// A response body: whole, streamed from a counter, dripped, or cut short.
 enum Out {
     Full(Option<Bytes>),
-    Huge { remaining: usize, chunked: bool },
+    Huge {
+        remaining: usize,
+        chunked: bool,
+    },
+    Drip {
+        remaining: Bytes,
+        every: Duration,
+        pause: Option<Pin<Box<Sleep>>>,
+    },
+    /// Ends before its Content-Length: hyper then closes the connection.
+    Truncated(Option<Bytes>),
 }
 
 impl Body for Out {
@@ -324,10 +402,10 @@ impl Body for Out {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
-            Out::Full(bytes) => Poll::Ready(
+            Out::Full(bytes) | Out::Truncated(bytes) => Poll::Ready(
                 bytes
                     .take()
                     .filter(|b| !b.is_empty())
@@ -339,6 +417,17 @@ impl Body for Out {
                 *remaining -= n;
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
             }
+            Out::Drip { remaining, .. } if remaining.is_empty() => Poll::Ready(None),
+            Out::Drip {
+                remaining,
+                every,
+                pause,
+            } => {
+                let sleep = pause.get_or_insert_with(|| Box::pin(tokio::time::sleep(*every)));
+                std::task::ready!(sleep.as_mut().poll(cx));
+                *pause = None;
+                Poll::Ready(Some(Ok(Frame::data(remaining.split_to(1)))))
+            }
         }
     }
 
@@ -346,6 +435,8 @@ impl Body for Out {
         match self {
             Out::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
             Out::Huge { remaining, .. } => *remaining == 0,
+            Out::Drip { remaining, .. } => remaining.is_empty(),
+            Out::Truncated(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
         }
     }
 
@@ -354,6 +445,9 @@ impl Body for Out {
             Out::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Out::Huge { chunked: true, .. } => SizeHint::default(),
             Out::Huge { remaining, .. } => SizeHint::with_exact(*remaining as u64),
+            Out::Drip { remaining, .. } => SizeHint::with_exact(remaining.len() as u64),
+            // Unknown, so that hyper goes by the (larger) Content-Length header.
+            Out::Truncated(_) => SizeHint::default(),
         }
     }
 }
@@ -565,6 +659,71 @@ mod tests {
         assert_eq!(server.count(), 1);
         let next = client.post(server.url()).send().await.unwrap();
         assert_eq!(next.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn drip_sends_one_byte_per_pause() {
+        let server = TokenEndpoint::start().await;
+        let every = Duration::from_millis(20);
+        server.push(Answer::drip(200, "application/json", "{\"a\":1}", every));
+        let started = tokio::time::Instant::now();
+        let mut response = client().post(server.url()).send().await.unwrap();
+        assert_eq!(response.content_length(), Some(7));
+        let mut chunks = Vec::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            chunks.push(chunk);
+        }
+        assert_eq!(chunks.len(), 7, "one byte per frame");
+        assert!(chunks.iter().all(|c| c.len() == 1));
+        assert_eq!(chunks.concat(), b"{\"a\":1}");
+        assert!(started.elapsed() >= every * 7);
+    }
+
+    #[tokio::test]
+    async fn truncated_declares_more_than_it_sends_then_closes() {
+        let server = TokenEndpoint::start().await;
+        server.push(Answer::truncated(200, "application/json", "{\"access", 100));
+        server.push(Answer::json(200, json!({"n": 2})));
+        let client = client();
+        let mut response = client.post(server.url()).send().await.unwrap();
+        assert_eq!(response.content_length(), Some(100));
+        let mut read = Vec::new();
+        let error = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => read.extend_from_slice(&chunk),
+                Ok(None) => panic!("the body ended cleanly after {} bytes", read.len()),
+                Err(error) => break error,
+            }
+        };
+        assert!(error.is_body() || error.is_decode(), "{error:?}");
+        assert_eq!(read, b"{\"access");
+        // The server goes on answering on a new connection.
+        let next = client.post(server.url()).send().await.unwrap();
+        assert_eq!(next.text().await.unwrap(), r#"{"n":2}"#);
+    }
+
+    #[tokio::test]
+    async fn stop_closes_the_port_and_open_connections() {
+        let server = TokenEndpoint::start().await;
+        server.push(Answer::json(200, json!({})));
+        server.push(Answer::hang());
+        let addr = server.addr;
+        let client = client();
+        // One idle keep-alive connection and one waiting for an answer.
+        client.post(server.url()).send().await.unwrap();
+        let hanging = tokio::spawn(client.post(server.url()).send());
+        while server.count() < 2 {
+            tokio::task::yield_now().await;
+        }
+        server.stop().await;
+        let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        let error = tokio::time::timeout(Duration::from_secs(10), hanging)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert!(error.is_request(), "{error:?}");
     }
 
     #[tokio::test]
