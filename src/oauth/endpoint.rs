@@ -254,7 +254,8 @@ pub(crate) async fn read_capped(
     if declared.is_some_and(|length| length > MAX_RESPONSE_BYTES as u64) {
         return Err(too_large());
     }
-    let mut read = BytesMut::new();
+    // Checked against the cap above; a body longer than it declared still fails below.
+    let mut read = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
             TransientError::new(TransientKind::Network).with_boxed_source(error)
