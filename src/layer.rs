@@ -131,6 +131,9 @@ impl RefreshLayer {
     }
 
     /// Refreshes now, joining a refresh already running, and waits for its outcome.
+    ///
+    /// This is an explicit request, so it does not wait out the cooldown after a failure or
+    /// a server's `Retry-After`, which only hold back the refreshes the layer starts itself.
     pub async fn refresh(&self) -> Result<(), RefreshError> {
         self.shared.cell.refresh_now().await
     }
