@@ -6,7 +6,7 @@
 use std::any::Any;
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, HeaderValue, Method, Request, Uri, Version, header};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 use http_body_util::{Empty, Full};
 
 /// A request as it was before the token was attached.
@@ -14,7 +14,9 @@ pub(crate) struct Replay<B> {
     method: Method,
     uri: Uri,
     version: Version,
-    headers: HeaderMap,
+    /// The headers as a list: one allocation, where cloning the `HeaderMap` takes two (its
+    /// index table too). Rebuilt into a map only for the rare resend.
+    headers: Vec<(HeaderName, HeaderValue)>,
     extensions: Extensions,
     body: B,
 }
@@ -27,7 +29,11 @@ impl<B: 'static> Replay<B> {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            headers: request.headers().clone(),
+            headers: request
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect(),
             extensions: request.extensions().clone(),
             body,
         }))
@@ -39,11 +45,14 @@ impl<B: 'static> Replay<B> {
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers;
         *request.extensions_mut() = self.extensions;
-        request
-            .headers_mut()
-            .insert(header::AUTHORIZATION, authorization);
+        let headers = request.headers_mut();
+        headers.reserve(self.headers.len() + 1);
+        // In the map's own order: each name where it first came, its values in turn.
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        headers.insert(header::AUTHORIZATION, authorization);
         request
     }
 }
@@ -123,6 +132,9 @@ mod tests {
     fn replay_keeps_the_request_and_sets_the_new_token() {
         let mut request = Request::post("https://api.example.com/items?x=1")
             .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header("x-trace", "1")
+            .header("accept", "text/plain")
             .body(String::from("{\"a\":1}"))
             .unwrap();
         request.extensions_mut().insert(7u32);
@@ -131,6 +143,13 @@ mod tests {
         assert_eq!(again.method(), Method::POST);
         assert_eq!(again.uri(), "https://api.example.com/items?x=1");
         assert_eq!(again.headers()["content-type"], "application/json");
+        let names: Vec<_> = again.headers().keys().map(|name| name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["content-type", "accept", "x-trace", "authorization"]
+        );
+        let accept: Vec<_> = again.headers().get_all("accept").iter().collect();
+        assert_eq!(accept, ["application/json", "text/plain"]);
         assert_eq!(again.headers()[header::AUTHORIZATION], "Bearer new");
         assert_eq!(again.extensions().get::<u32>(), Some(&7));
         assert_eq!(again.body(), "{\"a\":1}");
