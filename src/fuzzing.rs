@@ -232,16 +232,36 @@ fn round_trip(set: &TokenSet, rules: &Rules<'_>) {
     );
 }
 
-/// Reads a JWT's `exp` from the bytes taken as a whole token, and from a token whose payload
-/// they are (base64url, padded and not). Checks: a lifetime only comes from three parts, and a
-/// payload that is a JSON object with a number `exp` gives `exp - now`, zero once past.
+/// Reads a JWT's `exp` from the bytes taken as a whole token, from a token whose payload they
+/// are, and from a token whose claims they make up (the first 8 bytes the `exp`, the rest
+/// another claim); payloads in base64url, padded and not. Checks: a lifetime only comes from
+/// three parts, and a payload that is a JSON object with a number `exp` gives `exp - now`,
+/// zero once past.
 pub fn jwt_exp(data: &[u8]) {
     let now = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 500_000_000);
     let text = String::from_utf8_lossy(data);
     if jwt_lifetime(&text, now).is_some() {
         assert_eq!(text.matches('.').count(), 2, "{text:?}");
     }
+    check_payload(data, now);
 
+    if let Some((exp, rest)) = data.split_first_chunk::<8>() {
+        // Mostly plausible times, so that both sides of `now` come up.
+        let exp = u64::from_le_bytes(*exp);
+        let exp = match exp % 4 {
+            0 => json!(exp),
+            1 => json!(exp % 4_000_000_000),
+            2 => json!((exp % 4_000_000_000) as f64 + 0.5),
+            _ => json!(-((exp % 1_000_000) as i64)),
+        };
+        let claims = json!({"sub": String::from_utf8_lossy(rest), "exp": exp});
+        check_payload(claims.to_string().as_bytes(), now);
+    }
+}
+
+/// The lifetime of a token with this payload is `exp - now` if it is a JSON object with a
+/// number `exp`, and unknown otherwise.
+fn check_payload(data: &[u8], now: SystemTime) {
     let expected = match serde_json::from_slice::<Value>(data) {
         Ok(Value::Object(claims)) => match claims.get("exp") {
             Some(Value::Number(exp)) => {
