@@ -313,7 +313,7 @@ fn expected_verdict(status: StatusCode, models: &[Model]) -> Verdict {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig::with_cases(600))]
 
     /// Rendered challenges parse back to the same schemes, token68s, param names and values.
     #[test]
@@ -323,7 +323,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(300))]
 
     /// A broken element between two challenges is skipped; nothing around it is lost or
     /// mis-attributed.
@@ -357,7 +357,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(300))]
 
     /// The default rule over generated challenges, from the model.
     #[test]
@@ -394,7 +394,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(600))]
+    #![proptest_config(ProptestConfig::with_cases(400))]
 
     /// Valid headers with a few bytes changed: no panic, only well-formed parts.
     #[test]

@@ -600,7 +600,7 @@ fn refresh_token_in(content_type: Option<&str>, body: &[u8]) -> (Option<String>,
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig::with_cases(600))]
 
     /// Any answer: no panic, and a refresh token that parsed is in the token set or in the
     /// transient error. Only a §5.2 error that needs a sign-in or a new configuration has no
@@ -684,7 +684,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1000))]
+    #![proptest_config(ProptestConfig::with_cases(500))]
 
     /// `exp - now`, zero once past, for a payload padded or not, with other claims around.
     #[test]
