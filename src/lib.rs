@@ -385,6 +385,9 @@ pub mod classify;
 mod error;
 mod extension;
 mod future;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod layer;
 pub mod oauth;
 mod replay;

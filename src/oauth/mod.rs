@@ -22,7 +22,7 @@ mod discovery;
 mod endpoint;
 mod http;
 mod refresh_token;
-mod response;
+pub(crate) mod response;
 
 pub use authorization_code::{AuthorizationCode, AuthorizationError, PendingAuthorization};
 pub use client_credentials::ClientCredentials;

@@ -265,6 +265,9 @@ fn printable(value: &str, max: usize) -> String {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::RefreshErrorKind;
