@@ -6,7 +6,7 @@
 use std::any::Any;
 
 use bytes::Bytes;
-use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 use http_body_util::{Empty, Full};
 
 /// A request as it was before the token was attached.
