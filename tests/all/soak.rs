@@ -869,6 +869,25 @@ async fn a_minute_of_token_endpoint_faults_loses_no_refresh_token_and_sends_no_e
         mib(bytes_late)
     );
 
+    // No request is sent with an expired token while the endpoint is healthy. "Sent with an
+    // expired token" means: the token had expired, by the server's clock, at the moment the
+    // caller issued the request (the layer reads the token after that moment, and counts its
+    // lifetime from when it sent the token request, before the server issued it, so a
+    // correct layer cannot do this). "While healthy" means: the request was issued in a
+    // healthy phase. A request issued during a fault phase is the fault phase's, even if it
+    // arrives after the phase ended. A token that expires while a request is on its way is
+    // counted apart ("expired in transit") and is not a failure.
+    assert_eq!(
+        api(Phase::Healthy, |c| &c.expired_at_issue),
+        0,
+        "expired tokens sent while healthy"
+    );
+    assert_eq!(
+        api(Phase::Healthy, |c| &c.unknown) + api(Phase::Fault, |c| &c.unknown),
+        0,
+        "tokens never issued"
+    );
+
     // Callers see a success or a typed transient error, nothing else.
     assert_eq!(panics, 0, "no caller panicked");
     assert_eq!(
@@ -888,25 +907,6 @@ async fn a_minute_of_token_endpoint_faults_loses_no_refresh_token_and_sends_no_e
         "no refresh task ended without an outcome"
     );
     assert!(callers_saw(Phase::Healthy).0 > 0 && callers_saw(Phase::Fault).0 > 0);
-
-    // No request is sent with an expired token while the endpoint is healthy. "Sent with an
-    // expired token" means: the token had expired, by the server's clock, at the moment the
-    // caller issued the request (the layer reads the token after that moment, and counts its
-    // lifetime from when it sent the token request, before the server issued it, so a
-    // correct layer cannot do this). "While healthy" means: the request was issued in a
-    // healthy phase. A request issued during a fault phase is the fault phase's, even if it
-    // arrives after the phase ended. A token that expires while a request is on its way is
-    // counted apart ("expired in transit") and is not a failure.
-    assert_eq!(
-        api(Phase::Healthy, |c| &c.expired_at_issue),
-        0,
-        "expired tokens sent while healthy"
-    );
-    assert_eq!(
-        api(Phase::Healthy, |c| &c.unknown) + api(Phase::Fault, |c| &c.unknown),
-        0,
-        "tokens never issued"
-    );
 
     // One refresh per lifetime: enough lifetimes, never two token requests at once, and each
     // token replaced by exactly one successful refresh (checked below, through the refresh
