@@ -326,18 +326,18 @@ impl Soak {
 }
 
 /// Counts the token requests the endpoint is working on, from the moment a request arrives
-/// until its answer is handed to hyper or its connection is closed.
-struct InFlight<'a>(&'a Soak);
+/// until its grant is processed or its connection is closed.
+struct InFlight(Arc<Soak>);
 
-impl<'a> InFlight<'a> {
-    fn enter(soak: &'a Soak) -> Self {
+impl InFlight {
+    fn enter(soak: &Arc<Soak>) -> Self {
         let now = soak.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         soak.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        InFlight(soak)
+        InFlight(soak.clone())
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
@@ -365,8 +365,7 @@ async fn token_endpoint(soak: Arc<Soak>, close: Arc<Notify>, request: Request<In
     let in_flight = InFlight::enter(&soak);
     let body = request.into_body().collect().await?.to_bytes();
     let fault = soak.fault();
-    match fault {
-        None => {}
+    let delay = match fault {
         Some(Fault::Unavailable) => {
             let mut answer = text_answer(503, "down for maintenance");
             let retry_after = header::HeaderValue::from_static("1");
@@ -384,9 +383,20 @@ async fn token_endpoint(soak: Arc<Soak>, close: Arc<Notify>, request: Request<In
             close.notify_one();
             return std::future::pending().await;
         }
-        Some(Fault::Delayed(delay)) => tokio::time::sleep(delay).await,
-    }
-    Ok(soak.grant(&body, matches!(fault, Some(Fault::Delayed(_)))))
+        Some(Fault::Delayed(delay)) => Some(delay),
+        None => None,
+    };
+    // Like a real server, finish a grant once started, even if the client hangs up meanwhile
+    // (hyper would drop this handler): the refresh token is then rotated all the same.
+    let grant = tokio::spawn(async move {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let answer = soak.grant(&body, delay.is_some());
+        drop(in_flight);
+        answer
+    });
+    Ok(grant.await.expect("a grant does not panic"))
 }
 
 async fn api(soak: Arc<Soak>, request: Request<Incoming>) -> Answer {
