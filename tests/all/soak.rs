@@ -768,7 +768,7 @@ async fn a_minute_of_token_endpoint_faults_loses_no_refresh_token_and_sends_no_e
     // The last refresh joins one still running, or starts one: after it no refresh runs, and
     // its token set has been persisted.
     let refreshed_by_callers = soak.books().successes();
-    layer.refresh().await.expect("a healthy endpoint refreshes");
+    let final_refresh = layer.refresh().await;
 
     let books = soak.books();
     let persisted = persisted.lock().unwrap();
@@ -878,6 +878,10 @@ async fn a_minute_of_token_endpoint_faults_loses_no_refresh_token_and_sends_no_e
         mib(bytes_early),
         mib(bytes_late)
     );
+
+    if let Err(error) = final_refresh {
+        panic!("the final refresh, from a healthy endpoint, failed: {error:?}");
+    }
 
     // No request is sent with an expired token while the endpoint is healthy. "Sent with an
     // expired token" means: the token had expired, by the server's clock, at the moment the
