@@ -46,7 +46,7 @@ const MIN_FAULT_PHASES: usize = 3;
 const WARM_UP: Duration = Duration::from_secs(5);
 /// The run ends in a healthy phase at least this old, so that recovery after the last fault
 /// is part of what is checked.
-const SETTLE: Duration = Duration::from_secs(3);
+const SETTLE: Duration = Duration::from_secs(2);
 /// The run stops here whatever the counts; the assertions then say what fell short.
 const HARD_LIMIT: Duration = Duration::from_secs(80);
 /// The grant's timeout per token request. Every injected delay is well under it, so a delayed
@@ -77,7 +77,7 @@ enum Phase {
     Fault = 1,
 }
 
-/// Alternating phases, drawn from the seed: a healthy warm-up, then a fault phase of 1.5-3 s
+/// Alternating phases, drawn from the seed: a healthy warm-up, then a fault phase of 1.5-2.5 s
 /// and a healthy phase of 4-8 s, again and again.
 struct Plan {
     /// Phase `i` ends at `ends[i].0`.
@@ -89,7 +89,7 @@ impl Plan {
         let mut at = WARM_UP;
         let mut ends = vec![(at, Phase::Healthy)];
         while at < HARD_LIMIT + Duration::from_secs(30) {
-            at += Duration::from_millis(rng.u64(1500..=3000));
+            at += Duration::from_millis(rng.u64(1500..=2500));
             ends.push((at, Phase::Fault));
             at += Duration::from_millis(rng.u64(4000..=8000));
             ends.push((at, Phase::Healthy));
