@@ -19,6 +19,8 @@ mod refresh;
 mod request_path;
 mod retry;
 mod secrets;
+#[cfg(feature = "reqwest")]
+mod soak;
 mod stack;
 mod support;
 mod token_endpoint;
