@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::body::RefreshBody;
+use crate::cell::View;
 use crate::error::{InsecureTransport, is_loopback};
 use crate::extension::{NoRetry, SkipAuth};
 use crate::future::{self, Resend, ResponseFuture};
@@ -39,11 +40,16 @@ use crate::replay::Replay;
 pub struct Refresh<S> {
     inner: S,
     shared: Arc<Shared>,
+    view: View,
 }
 
 impl<S> Refresh<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Refresh { inner, shared }
+        Refresh {
+            inner,
+            shared,
+            view: View::default(),
+        }
     }
 
     /// The wrapped service.
@@ -54,9 +60,11 @@ impl<S> Refresh<S> {
 
 impl<S: Clone> Clone for Refresh<S> {
     fn clone(&self) -> Self {
+        // A clone starts without a cached snapshot: see `View`.
         Refresh {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            view: View::default(),
         }
     }
 }
@@ -115,7 +123,8 @@ where
         if let Some(insecure) = insecure {
             return ResponseFuture::failed(insecure.into());
         }
-        let Some((authorization, generation)) = self.shared.cell.current() else {
+        let Some((authorization, generation)) = self.shared.cell.current_in_view(&mut self.view)
+        else {
             // EXPIRED: wait for the refresh without holding the readied service, which may
             // hold a permit (a buffer slot, a concurrency limit) that others need meanwhile.
             let later = self.inner.clone();

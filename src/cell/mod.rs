@@ -162,6 +162,40 @@ impl fmt::Debug for TokenCell {
     }
 }
 
+/// One service's own handle on the token cell's snapshot.
+///
+/// `ArcSwap::load` borrows the snapshot through a per-thread debt slot and returns it after:
+/// two locked instructions per request. A service that is called again and again instead
+/// keeps the snapshot it last read, and checks with one plain load that it is still the
+/// current one. A service that is cloned for each request (`clone().oneshot(..)`) never
+/// keeps one: its first call borrows as before, and only a second call starts the cache.
+/// The cost of keeping one: an old snapshot (an old token) stays in memory until the
+/// service's next call or its drop.
+#[derive(Default)]
+pub(crate) struct View {
+    cache: Option<arc_swap::Cache<SnapshotOf, Arc<Snapshot>>>,
+    used: bool,
+}
+
+impl fmt::Debug for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("View")
+            .field("cached", &self.cache.is_some())
+            .finish()
+    }
+}
+
+/// The cell's snapshot, as `arc_swap::Cache` wants it: behind a `Deref`.
+struct SnapshotOf(Arc<TokenCell>);
+
+impl std::ops::Deref for SnapshotOf {
+    type Target = ArcSwap<Snapshot>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0.snapshot
+    }
+}
+
 /// What an expired or rejected request does next, decided under the slot's mutex.
 enum Decision {
     Use(Token),
@@ -202,7 +236,27 @@ impl TokenCell {
     /// This is the hot path: one `ArcSwap` load, one clock read, one header clone.
     #[inline]
     pub(crate) fn current(self: &Arc<Self>) -> Option<(HeaderValue, u64)> {
-        let snapshot = self.snapshot.load();
+        self.usable(&self.snapshot.load())
+    }
+
+    /// [`current`](Self::current), reading the snapshot through a service's own
+    /// [`View`].
+    #[inline]
+    pub(crate) fn current_in_view(self: &Arc<Self>, view: &mut View) -> Option<(HeaderValue, u64)> {
+        match &mut view.cache {
+            Some(cache) => self.usable(cache.load()),
+            None => {
+                if view.used {
+                    view.cache = Some(arc_swap::Cache::new(SnapshotOf(self.clone())));
+                }
+                view.used = true;
+                self.current()
+            }
+        }
+    }
+
+    #[inline]
+    fn usable(self: &Arc<Self>, snapshot: &Snapshot) -> Option<(HeaderValue, u64)> {
         let token = snapshot.token.as_ref()?;
         let now = Instant::now();
         match token.phase(now) {

@@ -262,3 +262,29 @@ async fn own_credentials_over_plain_http_are_not_our_business() {
     assert_eq!(text(response).await, "hello mine");
     assert_eq!(source.calls(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_service_called_again_and_again_sends_each_new_token() {
+    // From its second call on, a service keeps the snapshot it last read and only checks
+    // that it is still current: every change of token must still reach it, and its clones.
+    let source = TestSource::new(HOUR);
+    let api = Api::open();
+    let layer = RefreshLayer::new(source.clone());
+    let mut service = layer.layer(api.clone());
+
+    for round in 1..=4 {
+        for _ in 0..3 {
+            let response = send(&mut service, get()).await.unwrap();
+            assert_eq!(text(response).await, format!("hello at-{round}"));
+        }
+        let mut clone = service.clone();
+        let response = send(&mut clone, get()).await.unwrap();
+        assert_eq!(text(response).await, format!("hello at-{round}"));
+        match round {
+            1 => layer.invalidate(),
+            2 => layer.refresh().await.unwrap(),
+            _ => tokio::time::advance(HOUR).await,
+        }
+    }
+    assert_eq!(source.calls(), 4);
+}
