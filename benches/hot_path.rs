@@ -22,9 +22,7 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::ready;
 use std::hint::black_box;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Waker};
@@ -33,12 +31,12 @@ use bytes::Bytes;
 use criterion::{Bencher, Criterion, criterion_group, criterion_main};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
-use http_body_util::{Empty, Full};
+use http_body_util::Full;
 use oauth_refresh::RefreshLayer;
-use tower::{Layer, Service, service_fn};
+use tower::{Layer, Service};
 use tower_http::set_header::SetRequestHeaderLayer;
 
-use common::{BEARER, InMemory, RwLockBearer, send_ready, sensitive_bearer};
+use common::{BEARER, InMemory, RwLockBearer, api, send_ready, sensitive_bearer};
 
 /// One request through `service` per iteration.
 fn bench_service<S, ResBody>(b: &mut Bencher<'_>, mut service: S)
@@ -51,10 +49,7 @@ where
 }
 
 fn hot_path(c: &mut Criterion) {
-    // `Empty` rather than `()`: the refresh layer's response body must implement `Body`.
-    let api = service_fn(|_: Request<Full<Bytes>>| {
-        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
-    });
+    let api = api();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

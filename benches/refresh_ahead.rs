@@ -19,26 +19,23 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::future::{pending, ready};
+use std::future::pending;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
+use http::HeaderValue;
 use http::header::AUTHORIZATION;
-use http::{HeaderValue, Request, Response};
-use http_body_util::{Empty, Full};
 use oauth_refresh::{
     AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource,
 };
-use tower::{Layer, service_fn};
+use tower::Layer;
 use tower_http::set_header::SetRequestHeaderLayer;
 
-use common::{ACCESS_TOKEN, BEARER, send_ready};
+use common::{ACCESS_TOKEN, BEARER, api, send_ready};
 
 const LIFETIME: Duration = Duration::from_secs(3600);
 
@@ -70,9 +67,7 @@ fn refresh_ahead(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let _entered = rt.enter();
-    let api = service_fn(|_: Request<Full<Bytes>>| {
-        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
-    });
+    let api = api();
     let window = Duration::from_secs(60);
 
     let stale_source = Arc::new(FirstThenHang::default());

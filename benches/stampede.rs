@@ -22,8 +22,6 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::future::ready;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -31,15 +29,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
-use http_body_util::{Empty, Full};
+use http_body_util::Full;
 use oauth_refresh::{
     AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt, service_fn};
+use tower::{Layer, ServiceExt};
 
-use common::{ACCESS_TOKEN, request};
+use common::{ACCESS_TOKEN, api, request};
 
 /// How long one token request takes.
 const REFRESH_LATENCY: Duration = Duration::from_millis(100);
@@ -80,9 +78,7 @@ fn stampede(c: &mut Criterion) {
     let source = Arc::new(SlowSource::default());
     let layer = RefreshLayer::from_arc(source.clone());
     rt.block_on(layer.refresh()).expect("priming refresh");
-    let api = service_fn(|_: Request<Full<Bytes>>| {
-        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
-    });
+    let api = api();
     let service = layer.layer(api);
 
     let mut seen = Seen::default();

@@ -21,9 +21,7 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::ready;
 use std::hint::black_box;
 use std::sync::{Arc, Barrier, RwLock};
 use std::task::{Context, Waker};
@@ -34,12 +32,12 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
-use http_body_util::{Empty, Full};
+use http_body_util::Full;
 use oauth_refresh::RefreshLayer;
-use tower::{Layer, Service, service_fn};
+use tower::{Layer, Service};
 use tower_http::set_header::SetRequestHeaderLayer;
 
-use common::{BEARER, InMemory, RwLockBearer, send_ready, sensitive_bearer};
+use common::{BEARER, InMemory, RwLockBearer, api, send_ready, sensitive_bearer};
 
 /// Runs `iterations` requests on each of `threads` threads at once, each through its own
 /// service from `make`; returns the time the slowest thread took.
@@ -74,9 +72,7 @@ where
 }
 
 fn threads(c: &mut Criterion) {
-    let api = service_fn(|_: Request<Full<Bytes>>| {
-        ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
-    });
+    let api = api();
 
     // The runtime only serves the priming fetch: a FRESH request needs none.
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -276,6 +276,30 @@ pub fn challenges(headers: &HeaderMap) -> impl Iterator<Item = Challenge<'_>> {
 }
 
 /// `tchar` of RFC 9110 §5.6.2.
+/// Panics unless every challenge is well formed: what holds of every parse, whatever the
+/// input. The property tests and the fuzz targets both check it.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn assert_well_formed(challenges: &[Challenge<'_>]) {
+    for c in challenges {
+        assert!(!c.scheme().is_empty() && c.scheme().bytes().all(is_tchar));
+        if let Some(t68) = c.token68() {
+            assert_eq!(c.params().count(), 0, "a token68 and params in {c:?}");
+            let body = t68.trim_end_matches('=');
+            assert!(
+                !body.is_empty() && body.bytes().all(is_token68_char),
+                "{c:?}"
+            );
+        }
+        for (name, value) in c.params() {
+            assert!(!name.is_empty() && name.bytes().all(is_tchar), "{c:?}");
+            assert!(
+                !value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f),
+                "a control character in {c:?}"
+            );
+        }
+    }
+}
+
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

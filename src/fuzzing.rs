@@ -11,20 +11,12 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Map, Value, json};
 
-use crate::classify::{Challenge, challenges, default_verdict, parse_challenges};
+use crate::classify::{
+    Challenge, assert_well_formed, challenges, default_verdict, parse_challenges,
+};
 use crate::error::RefreshError;
 use crate::oauth::response::{Rules, jwt_lifetime, token_set};
 use crate::token::{RefreshToken, TokenSet};
-
-/// `tchar` of RFC 9110 §5.6.2.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// The token68 characters before the `=` padding (RFC 9110 §11.2).
-fn is_token68_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)
-}
 
 type Owned = (String, Option<String>, Vec<(String, String)>);
 
@@ -73,27 +65,7 @@ fn render(challenges: &[Owned]) -> String {
 pub fn www_authenticate(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let parsed = parse_challenges(&text);
-    for c in &parsed {
-        assert!(
-            !c.scheme().is_empty() && c.scheme().bytes().all(is_tchar),
-            "{c:?}"
-        );
-        if let Some(token68) = c.token68() {
-            assert_eq!(c.params().count(), 0, "{c:?}");
-            let body = token68.trim_end_matches('=');
-            assert!(
-                !body.is_empty() && body.bytes().all(is_token68_char),
-                "{c:?}"
-            );
-        }
-        for (name, value) in c.params() {
-            assert!(!name.is_empty() && name.bytes().all(is_tchar), "{c:?}");
-            assert!(
-                !value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f),
-                "{c:?}"
-            );
-        }
-    }
+    assert_well_formed(&parsed);
     let parsed = owned(&parsed);
     let rendered = render(&parsed);
     assert_eq!(

@@ -2,8 +2,9 @@
 //! token without a network.
 #![allow(dead_code)] // each bench uses part of it
 
+use std::convert::Infallible;
 use std::fmt::Debug;
-use std::future::Future;
+use std::future::{Future, Ready, ready};
 use std::pin::pin;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
@@ -12,9 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::Full;
+use http_body_util::{Empty, Full};
 use oauth_refresh::{AccessToken, BoxFuture, RefreshError, TokenRequest, TokenSet, TokenSource};
 use tower::Service;
+use tower::util::ServiceFn;
 
 pub const ACCESS_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
 pub const BEARER: &str = "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiZW5jaCJ9.c2lnbmF0dXJl";
@@ -101,4 +103,16 @@ where
         Poll::Ready(Err(error)) => panic!("request failed: {error:?}"),
         Poll::Pending => panic!("response not ready on the first poll"),
     }
+}
+
+/// The API every tower bench calls: it answers `200` at once. `Empty` rather than `()`: the
+/// refresh layer's response body must implement `Body`.
+pub type Api =
+    ServiceFn<fn(Request<Full<Bytes>>) -> Ready<Result<Response<Empty<Bytes>>, Infallible>>>;
+
+pub fn api() -> Api {
+    fn answer(_: Request<Full<Bytes>>) -> Ready<Result<Response<Empty<Bytes>>, Infallible>> {
+        ready(Ok(Response::new(Empty::new())))
+    }
+    tower::service_fn(answer as fn(_) -> _)
 }

@@ -247,28 +247,6 @@ fn mutated_header() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
-/// What holds of every parse, whatever the input.
-fn assert_well_formed(challenges: &[Challenge<'_>]) {
-    for c in challenges {
-        assert!(!c.scheme().is_empty() && c.scheme().bytes().all(is_tchar));
-        if let Some(t68) = c.token68() {
-            assert_eq!(c.params().count(), 0, "a token68 and params in {c:?}");
-            let body = t68.trim_end_matches('=');
-            assert!(
-                !body.is_empty() && body.bytes().all(is_token68_char),
-                "{c:?}"
-            );
-        }
-        for (name, value) in c.params() {
-            assert!(!name.is_empty() && name.bytes().all(is_tchar), "{c:?}");
-            assert!(
-                !value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f),
-                "a control character in {c:?}"
-            );
-        }
-    }
-}
-
 /// Parses `bytes` every way the crate can: as a string, and as a header line if it is one.
 fn check_any_input(bytes: &[u8]) -> usize {
     let text = String::from_utf8_lossy(bytes);
