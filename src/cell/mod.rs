@@ -243,16 +243,13 @@ impl TokenCell {
     /// [`View`].
     #[inline]
     pub(crate) fn current_in_view(self: &Arc<Self>, view: &mut View) -> Option<(HeaderValue, u64)> {
-        match &mut view.cache {
-            Some(cache) => self.usable(cache.load()),
-            None => {
-                if view.used {
-                    view.cache = Some(arc_swap::Cache::new(SnapshotOf(self.clone())));
-                }
-                view.used = true;
-                self.current()
-            }
+        if view.cache.is_none() && !std::mem::replace(&mut view.used, true) {
+            return self.current();
         }
+        let cache = view
+            .cache
+            .get_or_insert_with(|| arc_swap::Cache::new(SnapshotOf(self.clone())));
+        self.usable(cache.load())
     }
 
     #[inline]
