@@ -32,11 +32,10 @@ use criterion::{Bencher, Criterion, criterion_group, criterion_main};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
-use oauth_refresh::RefreshLayer;
 use tower::{Layer, Service};
 use tower_http::set_header::SetRequestHeaderLayer;
 
-use common::{BEARER, InMemory, RwLockBearer, api, send_ready, sensitive_bearer};
+use common::{BEARER, RwLockBearer, api, primed_layer, send_ready, sensitive_bearer};
 
 /// One request through `service` per iteration.
 fn bench_service<S, ResBody>(b: &mut Bencher<'_>, mut service: S)
@@ -51,14 +50,8 @@ where
 fn hot_path(c: &mut Criterion) {
     let api = api();
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let (rt, retry_on) = primed_layer();
     let _entered = rt.enter();
-
-    let retry_on = RefreshLayer::new(InMemory);
-    rt.block_on(retry_on.refresh()).expect("priming refresh");
     let retry_off = retry_on.clone().retry(false);
 
     let authorization = Arc::new(RwLock::new(sensitive_bearer()));

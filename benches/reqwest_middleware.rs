@@ -26,10 +26,9 @@ use std::task::{Context, Poll, Waker};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use http::{Extensions, HeaderValue};
-use oauth_refresh::RefreshLayer;
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 
-use common::{BEARER, InMemory, PAYLOAD};
+use common::{BEARER, PAYLOAD, primed_layer};
 
 /// The baseline: a fixed header, as a static-token middleware would insert it.
 struct StaticHeader(HeaderValue);
@@ -87,14 +86,8 @@ fn send(client: &ClientWithMiddleware, cx: &mut Context<'_>) -> reqwest::Respons
 }
 
 fn reqwest_middleware(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let (rt, retry_on) = primed_layer();
     let _entered = rt.enter();
-
-    let retry_on = RefreshLayer::new(InMemory);
-    rt.block_on(retry_on.refresh()).expect("priming refresh");
     let retry_off = retry_on.clone().retry(false);
     let mut authorization = HeaderValue::from_static(BEARER);
     authorization.set_sensitive(true);

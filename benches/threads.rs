@@ -33,11 +33,10 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
 use http_body_util::Full;
-use oauth_refresh::RefreshLayer;
 use tower::{Layer, Service};
 use tower_http::set_header::SetRequestHeaderLayer;
 
-use common::{BEARER, InMemory, RwLockBearer, api, send_ready, sensitive_bearer};
+use common::{BEARER, RwLockBearer, api, primed_layer, send_ready, sensitive_bearer};
 
 /// Runs `iterations` requests on each of `threads` threads at once, each through its own
 /// service from `make`; returns the time the slowest thread took.
@@ -74,13 +73,8 @@ where
 fn threads(c: &mut Criterion) {
     let api = api();
 
-    // The runtime only serves the priming fetch: a FRESH request needs none.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let retry_on = RefreshLayer::new(InMemory);
-    rt.block_on(retry_on.refresh()).expect("priming refresh");
+    // The runtime only served the priming fetch: a FRESH request needs none.
+    let (_rt, retry_on) = primed_layer();
     let retry_off = retry_on.clone().retry(false);
     let authorization = Arc::new(RwLock::new(sensitive_bearer()));
     let static_header =

@@ -116,3 +116,15 @@ pub fn api() -> Api {
     }
     tower::service_fn(answer as fn(_) -> _)
 }
+
+/// A current-thread runtime, entered by the caller if it needs one, and a layer whose token
+/// has been fetched: every request after is FRESH until the bench ends.
+pub fn primed_layer() -> (tokio::runtime::Runtime, oauth_refresh::RefreshLayer) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let layer = oauth_refresh::RefreshLayer::new(InMemory);
+    rt.block_on(layer.refresh()).expect("priming refresh");
+    (rt, layer)
+}
