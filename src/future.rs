@@ -260,7 +260,7 @@ where
         return Ok(response.map(RefreshBody::new));
     }
     // Boxed: inline, the rare rest would make every request that waits for a refresh (all of
-    // a stampede's callers) hold a future four times the size.
+    // a stampede's callers) hold a future half as large again (1456 bytes rather than 976).
     Box::pin(finish(shared, response, token.generation, verdict, resend)).await
 }
 
