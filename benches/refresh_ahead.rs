@@ -30,7 +30,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::HeaderValue;
 use http::header::AUTHORIZATION;
 use oauth_refresh::{
-    AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource,
+    AccessToken, BoxFuture, RefreshError, RefreshLayer, RefreshLayerBuilder, TokenRequest,
+    TokenSet, TokenSource,
 };
 use tower::Layer;
 use tower_http::set_header::SetRequestHeaderLayer;
@@ -71,12 +72,16 @@ fn refresh_ahead(c: &mut Criterion) {
     let window = Duration::from_secs(60);
 
     let stale_source = Arc::new(FirstThenHang::default());
-    let stale = RefreshLayer::from_arc(stale_source.clone()).refresh_ahead(window);
+    let stale = RefreshLayerBuilder::from_arc(stale_source.clone())
+        .refresh_ahead(window)
+        .build();
     rt.block_on(stale.refresh()).expect("priming refresh");
     // 30 s before expiry: inside the window (the last 48 to 60 s of the hour, jittered).
     rt.block_on(tokio::time::advance(LIFETIME - Duration::from_secs(30)));
     // Primed now, this one's token has its whole hour ahead.
-    let fresh = RefreshLayer::new(FirstThenHang::default()).refresh_ahead(window);
+    let fresh = RefreshLayer::builder(FirstThenHang::default())
+        .refresh_ahead(window)
+        .build();
     rt.block_on(fresh.refresh()).expect("priming refresh");
 
     let mut fresh_service = fresh.layer(api);

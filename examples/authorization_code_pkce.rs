@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use oauth_refresh::oauth::AuthorizationCode;
-use oauth_refresh::{RefreshError, RefreshLayer, RefreshToken, RefreshTokenGrant, TokenSet};
+use oauth_refresh::{RefreshError, RefreshLayer, RefreshToken, RefreshTokenGrant, TokenUpdate};
 
 use support::{APP_CLIENT_ID, APP_REDIRECT_URI, Server, Story};
 
@@ -47,15 +47,13 @@ impl Store {
     /// The persistence hook: replaces the stored refresh token only if it is still the one
     /// the refresh presented (a compare-and-swap, so an older refresh can never overwrite a
     /// newer token).
-    async fn save(&self, tokens: TokenSet, presented: Option<RefreshToken>) -> Result<(), Error> {
+    async fn save(&self, update: TokenUpdate) -> Result<(), Error> {
         let mut row = self.0.lock().unwrap();
-        if row.refresh_token.as_ref().map(RefreshToken::secret)
-            != presented.as_ref().map(RefreshToken::secret)
-        {
+        if row.refresh_token != update.previous_refresh_token {
             return Err("the stored refresh token changed meanwhile".into());
         }
-        row.refresh_token = tokens.refresh_token;
-        row.replaced = presented;
+        row.refresh_token = update.refresh_token;
+        row.replaced = update.previous_refresh_token;
         row.writes += 1;
         Ok(())
     }
@@ -110,9 +108,9 @@ async fn main() -> Result<(), Error> {
     ));
 
     let hook_store = store.clone();
-    let grant = grant.persist(move |tokens, presented| {
+    let grant = grant.persist(move |update| {
         let store = hook_store.clone();
-        async move { store.save(tokens, presented).await }
+        async move { store.save(update).await }
     });
     let layer = RefreshLayer::new(grant);
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())

@@ -208,6 +208,12 @@ impl TransientError {
         self.refresh_token.as_ref()
     }
 
+    /// Takes the refresh token out, so that it does not travel with the error to every
+    /// waiter and into the stats: the cell keeps it.
+    pub(crate) fn take_refresh_token(&mut self) -> Option<RefreshToken> {
+        self.refresh_token.take()
+    }
+
     /// Like [`with_source`](Self::with_source), for an error already boxed: no generic
     /// conversion, which keeps the futures that call it `Send` for every lifetime.
     pub(crate) fn with_boxed_source(mut self, source: Box<dyn Error + Send + Sync>) -> Self {

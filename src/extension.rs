@@ -41,4 +41,11 @@ pub enum RetryStatus {
     BodyNotReplayable,
     /// The retry was off for this request ([`NoRetry`], or the layer's setting).
     Disabled,
+    /// The rejection is returned as it came, without a refresh: the token is still valid by
+    /// its clock, and refreshes asked for by rejections are spaced out for now (this token
+    /// was itself the answer to one, and was rejected again), or the token endpoint is
+    /// cooling down after a failure or refused the grant. An endpoint that rejects every
+    /// token ends here, and costs the token endpoint a trickle of requests; see
+    /// [`Stats::backed_off`](crate::Stats::backed_off).
+    BackedOff,
 }

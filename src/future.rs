@@ -246,7 +246,7 @@ where
     let token = shared
         .cell
         .clone()
-        .acquire(None)
+        .acquire()
         .await
         .map_err(RefreshError::into_box)?;
     request
@@ -303,17 +303,20 @@ where
     let (service, replay) = match resend {
         Resend::Replay { service, replay } => (service, replay),
         Resend::Unavailable(status) => {
-            // No resend, but no other request should send this token again either.
-            shared.cell.invalidate_generation(generation);
+            // No resend, but the refresh the rejection asks for still starts.
+            shared.cell.note_rejection(generation);
             let mut response = Response::from_parts(parts, body);
             response.extensions_mut().insert(status);
             return Ok(response);
         }
     };
+    let Some(token) = token_for_resend(&shared, generation) else {
+        let mut response = Response::from_parts(parts, body);
+        response.extensions_mut().insert(RetryStatus::BackedOff);
+        return Ok(response);
+    };
     drain(body).await;
-    let token = token_for_resend(&shared, generation)
-        .await
-        .map_err(RefreshError::into_box)?;
+    let token = token.await.map_err(RefreshError::into_box)?;
     let response = service
         .oneshot((*replay).into_request(token.header.get()))
         .await
@@ -325,20 +328,25 @@ where
 }
 
 /// The token to resend a rejected request with: a newer one if another request already
-/// replaced `generation`; else `generation` is invalidated and this joins the one shared
-/// refresh. Counts the resend, which the caller makes exactly once.
-pub(crate) async fn token_for_resend(
+/// replaced `generation`, else the one shared refresh's, which starts now. `None`: the
+/// rejection goes back as it came (refreshes for rejections are spaced out). Counts the
+/// resend, which the caller makes exactly once.
+pub(crate) fn token_for_resend(
     shared: &Shared,
     generation: u64,
-) -> Result<Token, RefreshError> {
-    let token = shared.cell.clone().acquire(Some(generation)).await?;
-    shared.cell.count_retry();
-    tracing::debug!(
-        rejected_generation = generation,
-        generation = token.generation,
-        "token rejected; resending once"
-    );
-    Ok(token)
+) -> Option<impl Future<Output = Result<Token, RefreshError>> + Send + 'static> {
+    let token = shared.cell.after_rejection(generation)?;
+    let cell = shared.cell.clone();
+    Some(async move {
+        let token = token.await?;
+        cell.count_retry();
+        tracing::debug!(
+            rejected_generation = generation,
+            generation = token.generation,
+            "token rejected; resending once"
+        );
+        Ok(token)
+    })
 }
 
 /// Reads frames until `limit` bytes of data or the end, keeping them to hand back, and a
@@ -369,7 +377,11 @@ pub(crate) async fn read_prefix<B: Body>(
 }
 
 /// Reads and drops what is left of a rejected body, so the connection can be reused.
+/// Outside a tokio runtime there is no timer to bound the read: the body is dropped.
 pub(crate) async fn drain<B: Body>(body: B) {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
     let mut body = std::pin::pin!(body);
     let mut read = 0;
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {

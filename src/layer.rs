@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use crate::cell::{Stats, TokenCell};
+use crate::cell::{MAX_SPAN, Schedule, Stats, TokenCell};
 use crate::classify::{ClassifyRejection, DefaultClassifier};
 use crate::error::RefreshError;
 use crate::service::Refresh;
@@ -21,11 +21,19 @@ use crate::token::TokenSet;
 /// from one, shares one token, one refresh and one set of stats. Add one clone to a tower
 /// stack and another to a reqwest client, and they refresh together.
 ///
-/// The timing setters ([`refresh_ahead`](Self::refresh_ahead),
-/// [`refresh_timeout`](Self::refresh_timeout)) change that shared cell. The request setters
-/// ([`classifier`](Self::classifier), [`retry`](Self::retry),
-/// [`allow_insecure_http`](Self::allow_insecure_http)) belong to the value they are called
-/// on and the clones made from it afterwards.
+/// Two kinds of settings, set in two places:
+///
+/// - **The token cell's**, shared by every clone: when to refresh
+///   ([`refresh_ahead`](RefreshLayerBuilder::refresh_ahead)) and how long a refresh may take
+///   ([`refresh_timeout`](RefreshLayerBuilder::refresh_timeout)). They are set once, on the
+///   [`builder`](Self::builder), before the cell exists, so they apply to every token the
+///   cell holds, the source's initial tokens included, and no clone can change them under
+///   another.
+/// - **The request path's**, per layer value: the [`classifier`](Self::classifier), the
+///   [`retry`](Self::retry) and [`allow_insecure_http`](Self::allow_insecure_http). They change
+///   the value they are called on (and the clones made from it afterwards), never other
+///   clones, so a tower stack and a reqwest client can share a token and classify
+///   differently.
 ///
 /// # Example
 ///
@@ -47,12 +55,15 @@ use crate::token::TokenSet;
 /// # }
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower::BoxError> {
-/// let layer = RefreshLayer::new(Static).refresh_ahead(Duration::from_secs(60));
+/// let layer = RefreshLayer::builder(Static)
+///     .refresh_ahead(Duration::from_secs(60))
+///     .build();
 /// let api = tower::service_fn(|request: http::Request<String>| async move {
 ///     let auth = request.headers()[http::header::AUTHORIZATION].clone();
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(auth.to_str().unwrap().to_owned()))
 /// });
-/// let service = ServiceBuilder::new().layer(layer.clone()).service(api);
+/// // This clone shares the token, and never resends.
+/// let service = ServiceBuilder::new().layer(layer.clone().retry(false)).service(api);
 ///
 /// let response = service.oneshot(http::Request::new(String::new())).await?;
 /// let body = response.into_body().collect().await?.to_bytes();
@@ -77,54 +88,50 @@ pub(crate) struct Shared {
 }
 
 impl RefreshLayer {
-    /// A layer whose tokens come from `source`. No token is fetched until the first request
-    /// (or [`refresh`](Self::refresh)).
+    /// A layer whose tokens come from `source`, with the default settings. No token is
+    /// fetched until the first request (or [`refresh`](Self::refresh)).
     pub fn new(source: impl TokenSource) -> Self {
-        Self::from_arc(Arc::new(source))
+        Self::builder(source).build()
     }
 
-    /// A layer over a shared or boxed source.
+    /// A layer over a shared or boxed source, with the default settings.
     pub fn from_arc(source: Arc<dyn TokenSource>) -> Self {
-        RefreshLayer {
-            shared: Arc::new(Shared {
-                cell: Arc::new(TokenCell::new(source)),
-                classifier: Arc::new(DefaultClassifier),
-                retry: true,
-                allow_insecure_http: false,
-            }),
-        }
+        RefreshLayerBuilder::from_arc(source).build()
     }
 
-    /// How long before expiry a background refresh starts (default 30 s). Requests never wait
-    /// for it. The window is jittered down by up to a fifth, and never exceeds half the
-    /// token's lifetime, so a token that lives 3 s is refreshed after about 1.5 s.
-    pub fn refresh_ahead(self, window: Duration) -> Self {
-        self.shared.cell.configure(|s| s.refresh_ahead = window);
-        self
+    /// Starts a layer whose token cell's settings differ from the defaults.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use oauth_refresh::{ClientCredentials, RefreshLayer};
+    ///
+    /// let layer = RefreshLayer::builder(ClientCredentials::new("https://login.example.com/token", "svc", "s3cr3t"))
+    ///     .refresh_ahead(Duration::from_secs(5 * 60))
+    ///     .refresh_timeout(Duration::from_secs(10))
+    ///     .build();
+    /// # drop(layer);
+    /// ```
+    pub fn builder(source: impl TokenSource) -> RefreshLayerBuilder {
+        RefreshLayerBuilder::from_arc(Arc::new(source))
     }
 
-    /// The longest one refresh may take, resends included (default 30 s). The refresh runs in
-    /// its own task: a caller that gives up sooner does not cancel it.
-    pub fn refresh_timeout(self, timeout: Duration) -> Self {
-        self.shared.cell.configure(|s| s.refresh_timeout = timeout);
-        self
-    }
-
-    /// Replaces the rule that decides whether a response means the token was rejected.
-    /// See [`classify`](crate::classify).
+    /// Replaces the rule that decides whether a response means the token was rejected, for
+    /// this value and the clones made from it. See [`classify`](crate::classify).
     pub fn classifier(mut self, classifier: impl ClassifyRejection) -> Self {
         Arc::make_mut(&mut self.shared).classifier = Arc::new(classifier);
         self
     }
 
-    /// Whether a request whose token was rejected is resent once (default `true`).
+    /// Whether a request whose token was rejected is resent once (default `true`), for this
+    /// value and the clones made from it.
     pub fn retry(mut self, retry: bool) -> Self {
         Arc::make_mut(&mut self.shared).retry = retry;
         self
     }
 
     /// Allows sending the token over plain `http://` to hosts other than loopback (default
-    /// `false`: such requests fail with [`InsecureTransport`](crate::InsecureTransport)).
+    /// `false`: such requests fail with [`InsecureTransport`](crate::InsecureTransport)), for
+    /// this value and the clones made from it.
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
         Arc::make_mut(&mut self.shared).allow_insecure_http = allow;
         self
@@ -134,6 +141,8 @@ impl RefreshLayer {
     ///
     /// This is an explicit request, so it does not wait out the cooldown after a failure or
     /// a server's `Retry-After`, which only hold back the refreshes the layer starts itself.
+    /// Outside a tokio runtime it fails at once with a
+    /// [`ConfigurationError`](crate::ConfigurationError): the refresh runs as a tokio task.
     pub async fn refresh(&self) -> Result<(), RefreshError> {
         self.shared.cell.refresh_now().await
     }
@@ -144,7 +153,11 @@ impl RefreshLayer {
     }
 
     /// Installs tokens obtained elsewhere, typically after a new sign-in that answered
-    /// [`ReauthRequired`](crate::ReauthRequired). Their lifetime counts from now.
+    /// [`ReauthRequired`](crate::ReauthRequired). Their lifetime counts from now; the
+    /// refresh-ahead window applies to them as to any other.
+    ///
+    /// The source's persistence hook receives them, in order with the refreshes before and
+    /// after: at once if no refresh is running (within a tokio runtime), else when it ends.
     pub fn set_tokens(&self, tokens: TokenSet) -> Result<(), RefreshError> {
         self.shared.cell.seed(tokens)
     }
@@ -152,6 +165,64 @@ impl RefreshLayer {
     /// Counters and state of the shared token cell.
     pub fn stats(&self) -> Stats {
         self.shared.cell.stats()
+    }
+}
+
+/// The settings of a layer's token cell, shared by every clone of the layer it builds. From
+/// [`RefreshLayer::builder`].
+///
+/// Each setting applies to every token the cell holds, the source's initial tokens
+/// included, whatever the order of the calls. Durations beyond a year are taken as a year.
+pub struct RefreshLayerBuilder {
+    source: Arc<dyn TokenSource>,
+    schedule: Schedule,
+}
+
+impl RefreshLayerBuilder {
+    /// A builder over a shared or boxed source.
+    pub fn from_arc(source: Arc<dyn TokenSource>) -> Self {
+        RefreshLayerBuilder {
+            source,
+            schedule: Schedule::default(),
+        }
+    }
+
+    /// How long before expiry a background refresh starts (default 30 s). Requests never wait
+    /// for it. The window is jittered down by up to a fifth, and never exceeds half the
+    /// token's lifetime, so a token that lives 3 s is refreshed after about 1.5 s.
+    pub fn refresh_ahead(mut self, window: Duration) -> Self {
+        self.schedule.refresh_ahead = window.min(MAX_SPAN);
+        self
+    }
+
+    /// The longest one refresh may take, resends included (default 30 s). The refresh runs in
+    /// its own task: a caller that gives up sooner does not cancel it.
+    pub fn refresh_timeout(mut self, timeout: Duration) -> Self {
+        self.schedule.refresh_timeout = timeout.min(MAX_SPAN);
+        self
+    }
+
+    /// The layer, with its token cell. The source's initial tokens, if any, are installed
+    /// now, under these settings.
+    pub fn build(self) -> RefreshLayer {
+        RefreshLayer {
+            shared: Arc::new(Shared {
+                cell: Arc::new(TokenCell::new(self.source, self.schedule)),
+                classifier: Arc::new(DefaultClassifier),
+                retry: true,
+                allow_insecure_http: false,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for RefreshLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshLayerBuilder")
+            .field("source", &self.source)
+            .field("refresh_ahead", &self.schedule.refresh_ahead)
+            .field("refresh_timeout", &self.schedule.refresh_timeout)
+            .finish()
     }
 }
 

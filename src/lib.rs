@@ -400,6 +400,7 @@ mod future;
 pub mod fuzzing;
 mod layer;
 pub mod oauth;
+mod persist;
 mod replay;
 #[cfg(feature = "reqwest")]
 mod reqwest;
@@ -415,8 +416,9 @@ pub use error::{
 };
 pub use extension::{NoRetry, RetryStatus, SkipAuth};
 pub use future::ResponseFuture;
-pub use layer::RefreshLayer;
+pub use layer::{RefreshLayer, RefreshLayerBuilder};
 pub use oauth::{ClientCredentials, RefreshTokenGrant};
+pub use persist::TokenUpdate;
 pub use service::Refresh;
 pub use source::{BoxFuture, TokenRequest, TokenSource};
 pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};

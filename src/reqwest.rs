@@ -53,7 +53,7 @@ async fn send(
     let (authorization, generation) = match shared.cell.current() {
         Some(current) => current,
         None => {
-            let acquire = Box::pin(shared.cell.clone().acquire(None));
+            let acquire = Box::pin(shared.cell.clone().acquire());
             let token = acquire.await.map_err(middleware_error)?;
             (token.header.get(), token.generation)
         }
@@ -78,8 +78,8 @@ async fn send(
         },
     };
     let Some(replay) = replay else {
-        // No resend, but no other request should send this token again either.
-        shared.cell.invalidate_generation(generation);
+        // No resend, but the refresh the rejection asks for still starts.
+        shared.cell.note_rejection(generation);
         response.extensions_mut().insert(match retry {
             true => RetryStatus::BodyNotReplayable,
             false => RetryStatus::Disabled,
@@ -102,10 +102,13 @@ async fn resend(
     extensions: &mut Extensions,
     next: Next<'_>,
 ) -> reqwest_middleware::Result<Response> {
+    let Some(token) = token_for_resend(shared, generation) else {
+        let mut rejected = rejected;
+        rejected.extensions_mut().insert(RetryStatus::BackedOff);
+        return Ok(rejected);
+    };
     drain(http::Response::from(rejected).into_body()).await;
-    let token = token_for_resend(shared, generation)
-        .await
-        .map_err(middleware_error)?;
+    let token = token.await.map_err(middleware_error)?;
     replay
         .headers_mut()
         .insert(header::AUTHORIZATION, token.header.get());

@@ -6,6 +6,7 @@ use std::pin::Pin;
 
 use crate::BoxError;
 use crate::error::RefreshError;
+use crate::persist::TokenUpdate;
 use crate::token::{RefreshToken, TokenSet};
 
 /// A boxed, `Send` future, as [`TokenSource::fetch`] returns.
@@ -79,17 +80,16 @@ pub trait TokenSource: Send + Sync + 'static {
         None
     }
 
-    /// Stores the tokens a refresh brought. `tokens.refresh_token` is the one to present next
-    /// (rotated, or kept from before); `previous` is the one that was presented.
+    /// Stores the cell's tokens after a change: `update.refresh_token` is the one to present
+    /// next (rotated, or kept from before); `update.previous_refresh_token` is the one it
+    /// replaces, for a compare-and-swap store.
     ///
-    /// The cell calls it after swapping the token in and before releasing the requests that
-    /// wait for it. An error is logged and counted; the new token is used all the same.
-    fn persist(
-        &self,
-        tokens: &TokenSet,
-        previous: Option<&RefreshToken>,
-    ) -> BoxFuture<'_, Result<(), BoxError>> {
-        let _ = (tokens, previous);
+    /// The cell calls it whenever the refresh token it holds changes, whatever the reason,
+    /// and after every refresh that brought new tokens: after swapping the new token in and
+    /// before releasing the requests that wait for it, one call at a time, in the order of
+    /// the changes. An error is logged and counted; the new tokens are used all the same.
+    fn persist(&self, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
+        let _ = update;
         Box::pin(std::future::ready(Ok(())))
     }
 }

@@ -4,53 +4,102 @@
 //! with rotation, a refresh cancelled after the server rotated the token would lose the only
 //! valid refresh token.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::SystemTime;
 
 use http::HeaderValue;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Authorization, Background, Outcome, Schedule, Slot, Token, TokenCell};
-use crate::error::{RefreshError, TransientError, TransientKind};
+use super::schedule::{MAX_SPAN, after};
+use super::{Authorization, Background, Outcome, Slot, Token, TokenCell};
+use crate::error::{ConfigurationError, RefreshError, TransientError, TransientKind};
+use crate::persist::TokenUpdate;
 use crate::source::TokenRequest;
 use crate::token::{AccessToken, RefreshToken, TokenSet};
 
-type Flight = watch::Receiver<Option<Outcome>>;
+/// A running refresh, as its waiters hold it.
+pub(super) type Flight = watch::Receiver<Option<Outcome>>;
+
+/// What a flight does.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Work {
+    /// Ask the source for new tokens, then hand any change to the persistence hook.
+    Refresh,
+    /// Only hand a change to the persistence hook: tokens were installed by hand. It goes
+    /// through the slot so that the hook sees changes in the order they happened.
+    Persist,
+}
 
 /// Waits for a refresh's outcome. Dropping this future does not cancel the refresh.
 pub(super) async fn wait(mut flight: Flight) -> Outcome {
     match flight.wait_for(Option::is_some).await {
-        Ok(outcome) => outcome
-            .clone()
-            .unwrap_or_else(|| Err(TransientError::new(TransientKind::Aborted).into())),
-        // The task ended without an outcome: its guard normally sends one, so this is a
-        // runtime shutting down.
-        Err(_) => Err(TransientError::new(TransientKind::Aborted).into()),
+        Ok(outcome) => outcome.clone().unwrap_or_else(|| Err(shut_down())),
+        // The sender is gone without an outcome: its guard normally sends one, so this is a
+        // runtime tearing the task down.
+        Err(_) => Err(shut_down()),
+    }
+}
+
+/// A registered flight, not yet spawned: the caller spawns it once the slot is unlocked.
+pub(super) struct Launch {
+    runtime: Handle,
+    guard: FlightGuard,
+    delay_until: Option<Instant>,
+    trigger: &'static str,
+}
+
+impl Launch {
+    /// Spawns the flight as a detached task. A runtime that is shutting down drops it at
+    /// once; its guard then tells the waiters so.
+    pub(super) fn spawn(self) {
+        let Launch {
+            runtime,
+            guard,
+            delay_until,
+            trigger,
+        } = self;
+        drop(runtime.spawn(guard.run(delay_until, trigger)));
     }
 }
 
 impl TokenCell {
-    /// Puts a new refresh in the slot and spawns it. Call under the slot's mutex, within a
-    /// tokio runtime.
-    pub(super) fn start_flight(
+    /// Puts a new flight in the slot. Call under the slot's mutex; spawn the returned
+    /// [`Launch`] after unlocking it. Fails without a tokio runtime to run it on.
+    pub(super) fn register(
         self: &Arc<Self>,
         slot: &mut Slot,
+        work: Work,
         delay_until: Option<Instant>,
         trigger: &'static str,
-    ) -> Flight {
+    ) -> Result<(Flight, Launch), RefreshError> {
+        let runtime = Handle::try_current().map_err(|_| no_runtime())?;
         let (sender, flight) = watch::channel(None);
         slot.flight = Some(flight.clone());
-        self.update_snapshot(|s| s.background = Background::Running);
+        if let Work::Refresh = work {
+            self.update_snapshot(|s| s.background = Background::Running);
+        }
         let guard = FlightGuard {
             cell: self.clone(),
             sender: Some(sender),
+            work,
             started_at_generation: slot.last_generation,
+            presented: None,
+            settled: None,
         };
-        tokio::spawn(guard.run(delay_until, trigger));
-        flight
+        let launch = Launch {
+            runtime,
+            guard,
+            delay_until,
+            trigger,
+        };
+        Ok((flight, launch))
     }
 
     /// Calls the source, resending transient failures it says are safe to resend, with
@@ -58,10 +107,10 @@ impl TokenCell {
     /// was sent (lifetimes count from then).
     async fn fetch(
         &self,
-        schedule: &Schedule,
         refresh_token: Option<RefreshToken>,
     ) -> Result<(TokenSet, Instant), RefreshError> {
-        let deadline = Instant::now() + schedule.refresh_timeout;
+        let schedule = &self.schedule;
+        let deadline = after(Instant::now(), schedule.refresh_timeout);
         let mut attempt = 1;
         loop {
             tracing::Span::current().record("attempt", attempt);
@@ -86,7 +135,7 @@ impl TokenCell {
             let pause = schedule.backoff(attempt, transient.retry_after_hint(), fastrand::f64());
             if !transient.is_resend_safe()
                 || attempt >= schedule.max_attempts
-                || Instant::now() + pause >= deadline
+                || after(Instant::now(), pause) >= deadline
             {
                 return Err(error);
             }
@@ -100,36 +149,57 @@ impl TokenCell {
     /// the slot's mutex. The slot stays taken until [`release`](Self::release), so that the
     /// persistence hook runs before anyone waiting is told, and before the next refresh.
     ///
-    /// Returns the outcome, and the token set to persist if one was installed.
+    /// The refresh token the answer brought is kept whatever became of the rest of it, and
+    /// any change of it is queued for the persistence hook: with rotation, the server has
+    /// already retired the one presented.
     fn settle(
         &self,
         slot: &mut Slot,
         started_at_generation: u64,
-        result: Result<(TokenSet, Instant), RefreshError>,
-    ) -> (Outcome, Option<TokenSet>) {
-        let now = Instant::now();
-        if slot.last_generation != started_at_generation
-            && let Some(seeded) = self.snapshot.load().token.clone()
-        {
-            // Tokens from a new sign-in were installed while this refresh ran: they win over
-            // whatever the older grant returned, and its failure says nothing about them.
-            return (Ok(seeded), None);
-        }
-        let mut installed = None;
-        let outcome = match result {
-            Ok((mut set, sent_at)) => {
-                // Rotation-safe: an answer without a refresh token keeps the one presented.
-                if set.refresh_token.is_none() {
-                    set.refresh_token = slot.refresh_token.clone();
-                }
-                let token = self.install(slot, set.clone(), sent_at);
-                if token.is_ok() {
-                    installed = Some(set);
-                }
-                token
-            }
-            Err(error) => Err(error),
+        presented: Option<&RefreshToken>,
+        mut result: Result<(TokenSet, Instant), RefreshError>,
+    ) -> Outcome {
+        let received = match &mut result {
+            Ok((set, _)) => set.refresh_token.take(),
+            // Taken out: the error goes to every waiter and into the stats.
+            Err(RefreshError::Transient(error)) => error.take_refresh_token(),
+            Err(_) => None,
         };
+        let held_before = slot.refresh_token.clone();
+        let installed_by_hand = slot.last_generation != started_at_generation;
+        // Tokens installed by hand while this refresh ran keep their own refresh token, if
+        // they brought one; otherwise the one the server just rotated to is the only one
+        // that works.
+        let hand_brought_one = installed_by_hand && slot.refresh_token.as_ref() != presented;
+        if let Some(received) = received
+            && !hand_brought_one
+        {
+            slot.refresh_token = Some(received);
+        }
+        let refresh_token_changed = slot.refresh_token != held_before;
+        let only_the_refresh_token = |slot: &Slot| {
+            let mut update = TokenUpdate::new(slot.refresh_token.clone());
+            update.previous_refresh_token = held_before.clone();
+            update
+        };
+
+        if installed_by_hand && let Some(installed) = self.snapshot.load().token.clone() {
+            // They win over whatever the older grant returned, and its failure says nothing
+            // about them.
+            if refresh_token_changed {
+                slot.record(only_the_refresh_token(slot));
+            }
+            return Ok(installed);
+        }
+        let outcome = result.and_then(|(set, sent_at)| {
+            let token = self.install(slot, &set, sent_at)?;
+            let mut update = only_the_refresh_token(slot);
+            update.access_token = Some(set.access_token);
+            update.expires_at = token.expires_at.map(wall_clock);
+            update.scope = set.scope;
+            slot.record(update);
+            Ok(token)
+        });
         match &outcome {
             Ok(token) => {
                 slot.clear_failures();
@@ -137,33 +207,36 @@ impl TokenCell {
                 self.update_snapshot(|s| s.token = Some(token));
             }
             Err(error) => {
-                if let RefreshError::Transient(transient) = error
-                    && let Some(refresh_token) = transient.received_refresh_token()
-                {
-                    // The answer failed, but the server may have rotated the old token away.
-                    slot.refresh_token = Some(refresh_token.clone());
+                if refresh_token_changed {
+                    slot.record(only_the_refresh_token(slot));
                 }
-                self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                if matches!(error, RefreshError::Reauth(_)) {
-                    self.counters.reauths.fetch_add(1, Ordering::Relaxed);
-                }
-                slot.failures_in_a_row += 1;
-                let cooldown = slot.schedule.cooldown(
-                    slot.failures_in_a_row,
-                    error.retry_after(),
-                    fastrand::f64(),
-                );
-                slot.cooldown_until = Some(now + cooldown);
-                slot.last_error = Some(error.clone());
+                self.count_failure(slot, error);
             }
         }
-        (outcome, installed)
+        outcome
     }
 
-    /// Frees the slot after a refresh settled: the next trigger may start another.
-    fn release(&self, slot: &mut Slot, outcome: &Outcome) {
+    /// Counts a failed refresh and sets the cooldown it earns.
+    fn count_failure(&self, slot: &mut Slot, error: &RefreshError) {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, RefreshError::Reauth(_)) {
+            self.counters.reauths.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.failures_in_a_row = slot.failures_in_a_row.saturating_add(1);
+        let cooldown =
+            self.schedule
+                .cooldown(slot.failures_in_a_row, error.retry_after(), fastrand::f64());
+        slot.cooldown_until = Some(after(Instant::now(), cooldown));
+        slot.last_error = Some(error.clone());
+    }
+
+    /// Frees the slot after a flight: the next trigger may start another.
+    fn release(&self, slot: &mut Slot, work: Work, outcome: &Outcome) {
         slot.flight = None;
-        let min_interval_end = slot.last_started.map(|at| at + slot.schedule.min_interval);
+        if let Work::Persist = work {
+            return;
+        }
+        let min_interval_end = self.min_interval_end(slot);
         let background = match outcome {
             Err(RefreshError::Reauth(_)) => Background::Blocked,
             _ => Background::Idle {
@@ -173,15 +246,20 @@ impl TokenCell {
         self.update_snapshot(|s| s.background = background);
     }
 
-    /// Runs the source's persistence hook within the refresh's time budget. A failure is
-    /// reported and counted; the new token stays in use.
-    async fn persist(&self, tokens: &TokenSet, previous: Option<&RefreshToken>, budget: Duration) {
-        let failure =
-            match tokio::time::timeout(budget, self.source.persist(tokens, previous)).await {
-                Ok(Ok(())) => return,
-                Ok(Err(error)) => error.to_string(),
-                Err(_elapsed) => format!("the hook took longer than {budget:?}"),
-            };
+    /// Hands the queued change, if any, to the source's persistence hook within the
+    /// refresh's time budget. A failure is reported and counted; the tokens stay in use.
+    async fn persist_queued(&self) {
+        let Some(update) = self.lock_slot().unpersisted.take() else {
+            return;
+        };
+        let budget = self.schedule.refresh_timeout;
+        let stored = tokio::time::timeout(budget, unwind_safe(self.source.persist(&update)));
+        let failure = match stored.await {
+            Ok(Ok(Ok(()))) => return,
+            Ok(Ok(Err(error))) => error.to_string(),
+            Ok(Err(Panicked)) => "the hook panicked".to_owned(),
+            Err(_elapsed) => format!("the hook took longer than {budget:?}"),
+        };
         self.counters
             .persist_failures
             .fetch_add(1, Ordering::Relaxed);
@@ -191,45 +269,77 @@ impl TokenCell {
         );
     }
 
-    /// Turns a token set into the cell's next token. The refresh token is kept first, so
-    /// that an access token unfit for a header never costs the refresh token that came
-    /// with it.
-    fn install(&self, slot: &mut Slot, set: TokenSet, sent_at: Instant) -> Outcome {
-        let TokenSet {
-            access_token,
-            refresh_token,
-            expires_in,
-            ..
-        } = set;
-        if let Some(refresh_token) = refresh_token {
-            slot.refresh_token = Some(refresh_token);
-        }
-        let header = Authorization::new(bearer_header(&access_token)?);
+    /// Turns a token set into the cell's next token (the refresh token is the caller's to
+    /// keep). Lifetimes are cut to [`MAX_SPAN`]: no number a server sends can overflow.
+    fn install(&self, slot: &mut Slot, set: &TokenSet, sent_at: Instant) -> Outcome {
+        let header = Authorization::new(bearer_header(&set.access_token)?);
+        let lifetime = set.expires_in.map(|lifetime| lifetime.min(MAX_SPAN));
         slot.last_generation += 1;
         Ok(Token {
             generation: slot.last_generation,
             header,
-            expires_at: expires_in.map(|lifetime| sent_at + lifetime),
-            refresh_at: expires_in
-                .map(|lifetime| slot.schedule.refresh_at(sent_at, lifetime, fastrand::f64())),
+            expires_at: lifetime.map(|lifetime| after(sent_at, lifetime)),
+            refresh_at: lifetime
+                .map(|lifetime| self.schedule.refresh_at(sent_at, lifetime, fastrand::f64())),
             rejected: false,
         })
     }
 
-    /// Installs a token set obtained elsewhere (after a new sign-in), as if a refresh sent
-    /// just now had returned it. Clears the cooldown and the last error.
-    pub(crate) fn seed(&self, set: TokenSet) -> Result<(), RefreshError> {
-        let mut slot = self.lock_slot();
-        let outcome = self.install(&mut slot, set, Instant::now())?;
+    /// Installs a token set as if a refresh sent just now had returned it, and clears the
+    /// cooldown and the last error. The refresh token it brings, if any, replaces the one
+    /// held. Returns what changed.
+    pub(super) fn install_now(
+        &self,
+        slot: &mut Slot,
+        set: TokenSet,
+    ) -> Result<TokenUpdate, RefreshError> {
+        let token = self.install(slot, &set, Instant::now())?;
+        let mut update = TokenUpdate::new(set.refresh_token.clone().or(slot.refresh_token.clone()));
+        update.previous_refresh_token = slot.refresh_token.clone();
+        update.access_token = Some(set.access_token);
+        update.expires_at = token.expires_at.map(wall_clock);
+        update.scope = set.scope;
+        if let Some(refresh_token) = set.refresh_token {
+            slot.refresh_token = Some(refresh_token);
+        }
         slot.clear_failures();
         self.update_snapshot(|s| {
-            s.token = Some(outcome);
+            s.token = Some(token);
             if !matches!(s.background, Background::Running) {
                 s.background = Background::Idle { not_before: None };
             }
         });
+        Ok(update)
+    }
+
+    /// Installs tokens obtained elsewhere (after a new sign-in) and hands them to the
+    /// persistence hook, in order with any refresh: at once if the slot is free and a tokio
+    /// runtime is at hand, else when the running or the next flight ends.
+    pub(crate) fn seed(self: &Arc<Self>, set: TokenSet) -> Result<(), RefreshError> {
+        let launch = {
+            let mut slot = self.lock_slot();
+            let update = self.install_now(&mut slot, set)?;
+            slot.record(update);
+            match slot.flight {
+                Some(_) => None,
+                None => self
+                    .register(&mut slot, Work::Persist, None, "set_tokens")
+                    .ok()
+                    .map(|(_, launch)| launch),
+            }
+        };
+        if let Some(launch) = launch {
+            launch.spawn();
+        }
         Ok(())
     }
+}
+
+/// `at` on the monotonic clock, as wall-clock time: for what is stored.
+fn wall_clock(at: Instant) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_add(at.saturating_duration_since(Instant::now()))
+        .unwrap_or(now)
 }
 
 fn bearer_header(access_token: &AccessToken) -> Result<HeaderValue, RefreshError> {
@@ -240,14 +350,50 @@ fn bearer_header(access_token: &AccessToken) -> Result<HeaderValue, RefreshError
     })
 }
 
-/// Owns a refresh from spawn to outcome. If the task is dropped or panics before it settles,
-/// the guard still frees the slot and tells the waiters, so no caller hangs on a dead flight.
+fn no_runtime() -> RefreshError {
+    ConfigurationError::new("no_tokio_runtime")
+        .description(
+            "the refresh runs as a tokio task, and no tokio runtime is running here; \
+             call from within one (or enter one with `Handle::enter`)",
+        )
+        .into()
+}
+
+fn shut_down() -> RefreshError {
+    TransientError::new(TransientKind::Aborted).into()
+}
+
+/// A panic in code of the application's (a source, a persistence hook).
+struct Panicked;
+
+/// Runs `future`, turning a panic inside it into `Err(Panicked)`: the refresh then ends in an
+/// error its waiters receive, rather than in a dead task.
+async fn unwind_safe<F: Future>(future: F) -> Result<F::Output, Panicked> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(Panicked)),
+        }
+    })
+    .await
+}
+
+/// Owns a flight from spawn to outcome. If the task is dropped before it ends (a runtime
+/// shutting down, or never spawned), the guard still settles the refresh, frees the slot and
+/// tells the waiters, so no caller hangs on a dead flight.
 struct FlightGuard {
     cell: Arc<TokenCell>,
     sender: Option<watch::Sender<Option<Outcome>>>,
+    work: Work,
     /// The cell's generation when the refresh was started: if it moves meanwhile, tokens
     /// were installed by hand.
     started_at_generation: u64,
+    /// The refresh token this refresh presents, read inside the slot as it starts.
+    presented: Option<RefreshToken>,
+    /// The outcome, once settled: a guard dropped after this only releases.
+    settled: Option<Outcome>,
 }
 
 impl FlightGuard {
@@ -256,12 +402,6 @@ impl FlightGuard {
             tokio::time::sleep_until(at).await;
         }
         let cell = self.cell.clone();
-        let (schedule, presented) = {
-            let mut slot = cell.lock_slot();
-            slot.last_started = Some(Instant::now());
-            (slot.schedule.clone(), slot.refresh_token.clone())
-        };
-        cell.counters.refreshes.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!(
             "oauth_refresh.refresh",
             grant = cell.source.grant(),
@@ -271,20 +411,41 @@ impl FlightGuard {
             generation = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let result = async {
-            tracing::debug!("refresh started");
-            cell.fetch(&schedule, presented.clone()).await
-        }
-        .instrument(span.clone())
-        .await;
-        let (outcome, installed) =
-            cell.settle(&mut cell.lock_slot(), self.started_at_generation, result);
-        if let Some(tokens) = installed {
-            cell.persist(&tokens, presented.as_ref(), schedule.refresh_timeout)
+        let outcome = match self.work {
+            Work::Refresh => {
+                {
+                    // Read inside the slot, now: a refresh or new tokens may have come
+                    // while this one waited to start.
+                    let mut slot = cell.lock_slot();
+                    slot.last_started = Some(Instant::now());
+                    self.started_at_generation = slot.last_generation;
+                    self.presented = slot.refresh_token.clone();
+                }
+                cell.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+                let fetched = async {
+                    tracing::debug!("refresh started");
+                    unwind_safe(cell.fetch(self.presented.clone())).await
+                }
                 .instrument(span.clone())
                 .await;
+                let result = fetched.unwrap_or_else(|Panicked| {
+                    Err(TransientError::new(TransientKind::Aborted).into())
+                });
+                cell.settle(
+                    &mut cell.lock_slot(),
+                    self.started_at_generation,
+                    self.presented.as_ref(),
+                    result,
+                )
+            }
+            Work::Persist => current_token(&cell),
+        };
+        self.settled = Some(outcome);
+        cell.persist_queued().instrument(span.clone()).await;
+        let outcome = self.finish();
+        if let Work::Persist = self.work {
+            return;
         }
-        cell.release(&mut cell.lock_slot(), &outcome);
         let _entered = span.enter();
         match &outcome {
             Ok(token) => {
@@ -302,24 +463,43 @@ impl FlightGuard {
                 tracing::warn!(%error, "token refresh failed");
             }
         }
-        if let Some(sender) = self.sender.take() {
-            sender.send_replace(Some(outcome));
-        }
     }
+
+    /// Releases the slot with the settled outcome (settling a refresh that never finished
+    /// as cut short by its runtime) and tells the waiters.
+    fn finish(&mut self) -> Outcome {
+        let cell = self.cell.clone();
+        let mut slot = cell.lock_slot();
+        let outcome = match self.settled.take() {
+            Some(outcome) => outcome,
+            None => match self.work {
+                Work::Refresh => cell.settle(
+                    &mut slot,
+                    self.started_at_generation,
+                    self.presented.as_ref(),
+                    Err(shut_down()),
+                ),
+                Work::Persist => current_token(&cell),
+            },
+        };
+        cell.release(&mut slot, self.work, &outcome);
+        drop(slot);
+        if let Some(sender) = self.sender.take() {
+            sender.send_replace(Some(outcome.clone()));
+        }
+        outcome
+    }
+}
+
+/// The token a persist-only flight's waiters get: the one installed by hand.
+fn current_token(cell: &TokenCell) -> Outcome {
+    cell.snapshot.load().token.clone().ok_or_else(shut_down)
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        let Some(sender) = self.sender.take() else {
-            return;
-        };
-        let error: RefreshError = TransientError::new(TransientKind::Aborted).into();
-        let mut slot = self.cell.lock_slot();
-        let (outcome, _) = self
-            .cell
-            .settle(&mut slot, self.started_at_generation, Err(error));
-        self.cell.release(&mut slot, &outcome);
-        drop(slot);
-        sender.send_replace(Some(outcome));
+        if self.sender.is_some() {
+            drop(self.finish());
+        }
     }
 }

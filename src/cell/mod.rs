@@ -10,21 +10,23 @@ mod flight;
 mod schedule;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{RefreshError, RefreshErrorKind};
+use crate::persist::TokenUpdate;
 use crate::source::TokenSource;
 use crate::token::RefreshToken;
 
 pub(crate) use authorization::Authorization;
-pub(crate) use schedule::Schedule;
+use flight::{Flight, Launch, Work};
+pub(crate) use schedule::{MAX_SPAN, Schedule};
 
 /// The outcome of one refresh, as every waiter receives it.
 type Outcome = Result<Token, RefreshError>;
@@ -116,7 +118,7 @@ impl Background {
 #[derive(Default)]
 struct Slot {
     /// The running refresh, if any: every trigger joins it.
-    flight: Option<watch::Receiver<Option<Outcome>>>,
+    flight: Option<Flight>,
     /// The newest refresh token received. Only ever replaced by a newer one, never dropped.
     refresh_token: Option<RefreshToken>,
     last_generation: u64,
@@ -124,7 +126,10 @@ struct Slot {
     failures_in_a_row: u32,
     cooldown_until: Option<Instant>,
     last_error: Option<RefreshError>,
-    schedule: Schedule,
+    rejections: Rejections,
+    /// A change of tokens the persistence hook has not been handed yet. The next flight
+    /// hands it over before it lets anyone go on.
+    unpersisted: Option<TokenUpdate>,
 }
 
 impl Slot {
@@ -134,6 +139,28 @@ impl Slot {
         self.cooldown_until = None;
         self.last_error = None;
     }
+
+    /// Queues `update` for the persistence hook. Updates not yet handed over merge: the
+    /// newest tokens, and the refresh token the store last saw as the one they replace.
+    fn record(&mut self, mut update: TokenUpdate) {
+        if let Some(pending) = self.unpersisted.take() {
+            update.previous_refresh_token = pending.previous_refresh_token;
+        }
+        self.unpersisted = Some(update);
+    }
+}
+
+/// The refreshes that rejections of a still-valid token asked for, spaced out so that an
+/// endpoint rejecting every token (for reasons of its own) causes a trickle of token
+/// requests, not a stream.
+#[derive(Debug, Default)]
+struct Rejections {
+    /// Refreshes asked for by rejections in this episode.
+    strikes: u32,
+    /// When the last one started.
+    last: Option<Instant>,
+    /// No refresh for a rejection before this.
+    not_before: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +169,7 @@ struct Counters {
     failures: AtomicU64,
     reauths: AtomicU64,
     retries: AtomicU64,
+    backed_off: AtomicU64,
     persist_failures: AtomicU64,
 }
 
@@ -150,6 +178,7 @@ pub(crate) struct TokenCell {
     snapshot: ArcSwap<Snapshot>,
     slot: Mutex<Slot>,
     source: Arc<dyn TokenSource>,
+    schedule: Schedule,
     counters: Counters,
 }
 
@@ -196,15 +225,39 @@ impl std::ops::Deref for SnapshotOf {
     }
 }
 
-/// What an expired or rejected request does next, decided under the slot's mutex.
-enum Decision {
+/// What a request does next, decided under the slot's mutex.
+enum Plan {
     Use(Token),
-    Wait(watch::Receiver<Option<Outcome>>),
+    Wait(Flight),
+    /// A new refresh, spawned once the slot is unlocked: a task that a dying runtime drops
+    /// at once runs its guard's drop, which takes the slot.
+    Start(Flight, Launch),
     Fail(RefreshError),
 }
 
+impl Plan {
+    /// Spawns the refresh this plan started (call with the slot unlocked), and returns the
+    /// outcome to wait for.
+    fn go(self) -> impl Future<Output = Outcome> + Send + 'static {
+        let plan = match self {
+            Plan::Start(flight, launch) => {
+                launch.spawn();
+                Plan::Wait(flight)
+            }
+            plan => plan,
+        };
+        async move {
+            match plan {
+                Plan::Use(token) => Ok(token),
+                Plan::Wait(flight) | Plan::Start(flight, _) => flight::wait(flight).await,
+                Plan::Fail(error) => Err(error),
+            }
+        }
+    }
+}
+
 impl TokenCell {
-    pub(crate) fn new(source: Arc<dyn TokenSource>) -> Self {
+    pub(crate) fn new(source: Arc<dyn TokenSource>, schedule: Schedule) -> Self {
         let slot = Slot {
             refresh_token: source.initial_refresh_token(),
             ..Slot::default()
@@ -213,20 +266,16 @@ impl TokenCell {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             slot: Mutex::new(slot),
             source,
+            schedule,
             counters: Counters::default(),
         };
+        // The source holds these already: nothing to hand to its persistence hook.
         if let Some(tokens) = cell.source.initial_tokens()
-            && let Err(error) = cell.seed(tokens)
+            && let Err(error) = cell.install_now(&mut cell.lock_slot(), tokens)
         {
             tracing::warn!(%error, "the source's initial tokens could not be used");
         }
         cell
-    }
-
-    /// Edits the timing settings, for every clone of the layer. Tokens already held keep
-    /// their schedule; the next one follows the new settings.
-    pub(crate) fn configure(&self, edit: impl FnOnce(&mut Schedule)) {
-        edit(&mut self.lock_slot().schedule);
     }
 
     /// The token to send now if no wait is needed (FRESH or STALE); a STALE token also starts
@@ -268,113 +317,191 @@ impl TokenCell {
         Some((token.header.get(), token.generation))
     }
 
-    /// Waits for a usable token: the current one if another caller already replaced
-    /// `rejected` (or the expired one), else the outcome of the one shared refresh.
-    ///
-    /// `rejected` is the generation a server just refused; it is invalidated so that no other
-    /// request sends it again.
-    pub(crate) async fn acquire(self: Arc<Self>, rejected: Option<u64>) -> Outcome {
-        let decision = {
+    /// Waits for a usable token: the current one if another caller already replaced the
+    /// expired one, else the outcome of the one shared refresh.
+    pub(crate) async fn acquire(self: Arc<Self>) -> Outcome {
+        let plan = {
             let mut slot = self.lock_slot();
-            self.decide(&mut slot, rejected)
+            self.plan_expired(&mut slot, Instant::now(), "expired")
         };
-        match decision {
-            Decision::Use(token) => Ok(token),
-            Decision::Fail(error) => Err(error),
-            Decision::Wait(flight) => flight::wait(flight).await,
+        plan.go().await
+    }
+
+    /// After a server rejected the token of `generation`: the token to resend with, a newer
+    /// one if there is one, else the one shared refresh's (started now, so that it runs
+    /// while the caller drains the rejected body). `None`: return the rejection as it came,
+    /// since refreshes for rejections are spaced out for now.
+    ///
+    /// The rejected token is not marked for everyone: the endpoint that rejected it may be
+    /// the only one that does (an API's own authorization failure), and every other request
+    /// goes on with it meanwhile. A token the server really revoked is rejected everywhere,
+    /// and those rejections join the same refresh.
+    pub(crate) fn after_rejection(
+        self: &Arc<Self>,
+        generation: u64,
+    ) -> Option<impl Future<Output = Outcome> + Send + 'static> {
+        let plan = self.plan_rejected(generation);
+        if plan.is_none() {
+            self.counters.backed_off.fetch_add(1, Ordering::Relaxed);
+        }
+        plan.map(Plan::go)
+    }
+
+    /// A rejection of `generation` that will not be resent: starts the refresh it asks for,
+    /// on the same terms as [`after_rejection`](Self::after_rejection), without waiting.
+    pub(crate) fn note_rejection(self: &Arc<Self>, generation: u64) {
+        drop(self.after_rejection(generation));
+    }
+
+    fn plan_rejected(self: &Arc<Self>, generation: u64) -> Option<Plan> {
+        let mut slot = self.lock_slot();
+        let now = Instant::now();
+        let snapshot = self.snapshot.load();
+        match &snapshot.token {
+            Some(token) if token.phase(now) != Phase::Expired => {
+                if token.generation != generation {
+                    // Another request already replaced it.
+                    return Some(Plan::Use(token.clone()));
+                }
+                drop(snapshot);
+                self.rejected_current(&mut slot, now)
+            }
+            _ => Some(self.plan_expired(&mut slot, now, "rejected")),
         }
     }
 
-    fn decide(self: &Arc<Self>, slot: &mut Slot, rejected: Option<u64>) -> Decision {
-        if let Some(generation) = rejected {
-            self.mark_rejected(generation);
-        }
-        let now = Instant::now();
+    /// No usable token: join the running refresh, fail as the last one did while its
+    /// cooldown lasts, or start one.
+    fn plan_expired(
+        self: &Arc<Self>,
+        slot: &mut Slot,
+        now: Instant,
+        trigger: &'static str,
+    ) -> Plan {
         let snapshot = self.snapshot.load_full();
         if let Some(token) = &snapshot.token
             && token.phase(now) != Phase::Expired
         {
-            return Decision::Use(token.clone());
+            return Plan::Use(token.clone());
         }
         if let Some(flight) = &slot.flight {
-            return Decision::Wait(flight.clone());
+            return Plan::Wait(flight.clone());
         }
         match &slot.last_error {
-            Some(error @ RefreshError::Reauth(_)) => return Decision::Fail(error.clone()),
+            Some(error @ RefreshError::Reauth(_)) => return Plan::Fail(error.clone()),
             Some(error) if slot.cooldown_until.is_some_and(|until| now < until) => {
-                return Decision::Fail(error.clone());
+                return Plan::Fail(error.clone());
             }
             _ => {}
         }
         let mut delay_until = None;
-        if let Some(last) = slot.last_started {
-            let earliest = last + slot.schedule.min_interval;
-            if now < earliest {
-                // A token that expired as it arrived (`expires_in: 0`, or a window wider
-                // than its life) is used rather than refreshed again at once: otherwise
-                // every request would cost a refresh. Only the token the last refresh
-                // brought, though: after a failure, the token left is an old one.
-                match &snapshot.token {
-                    Some(token) if !token.rejected && slot.last_error.is_none() => {
-                        return Decision::Use(token.clone());
-                    }
-                    _ => delay_until = Some(earliest),
+        if let Some(earliest) = self.min_interval_end(slot)
+            && now < earliest
+        {
+            // A token that expired as it arrived (`expires_in: 0`, or a window wider than
+            // its life) is used rather than refreshed again at once: otherwise every
+            // request would cost a refresh. Only the token the last refresh brought,
+            // though: after a failure, the token left is an old one.
+            match &snapshot.token {
+                Some(token) if !token.rejected && slot.last_error.is_none() => {
+                    return Plan::Use(token.clone());
                 }
+                _ => delay_until = Some(earliest),
             }
         }
-        let trigger = if rejected.is_some() {
-            "rejected"
-        } else {
-            "expired"
+        self.start(slot, delay_until, trigger)
+    }
+
+    /// A server rejected the current token, which is still valid by the clock: join the
+    /// running refresh, or start one unless refreshes for rejections are spaced out
+    /// (`None`).
+    fn rejected_current(self: &Arc<Self>, slot: &mut Slot, now: Instant) -> Option<Plan> {
+        if let Some(flight) = &slot.flight {
+            return Some(Plan::Wait(flight.clone()));
+        }
+        let spaced_out = slot.rejections.not_before.is_some_and(|at| now < at);
+        let cooling_down = slot.cooldown_until.is_some_and(|until| now < until);
+        // The grant was refused: refreshing again cannot help; the token serves whoever
+        // still accepts it.
+        let refused = matches!(slot.last_error, Some(RefreshError::Reauth(_)));
+        if spaced_out || cooling_down || refused {
+            return None;
+        }
+        let rejections = &mut slot.rejections;
+        let new_episode = rejections
+            .last
+            .is_none_or(|at| now >= schedule::after(at, self.schedule.rejection_quiet()));
+        rejections.strikes = match new_episode {
+            true => 1,
+            false => rejections.strikes.saturating_add(1),
         };
-        Decision::Wait(self.start_flight(slot, delay_until, trigger))
+        let delay_until = self.min_interval_end(slot).filter(|at| now < *at);
+        // The spacing counts from when the refresh starts, which may be later.
+        let starts_at = delay_until.unwrap_or(now);
+        let rejections = &mut slot.rejections;
+        rejections.last = Some(starts_at);
+        rejections.not_before = Some(schedule::after(
+            starts_at,
+            self.schedule.rejection_spacing(rejections.strikes),
+        ));
+        Some(self.start(slot, delay_until, "rejected"))
+    }
+
+    /// No refresh starts before this: the minimum interval after the last one started.
+    fn min_interval_end(&self, slot: &Slot) -> Option<Instant> {
+        let last = slot.last_started?;
+        Some(schedule::after(last, self.schedule.min_interval))
+    }
+
+    /// Puts a refresh in the slot, to be spawned by the caller once the slot is unlocked.
+    /// Without a tokio runtime there is nothing to run it on: the caller fails at once.
+    fn start(
+        self: &Arc<Self>,
+        slot: &mut Slot,
+        delay_until: Option<Instant>,
+        trigger: &'static str,
+    ) -> Plan {
+        match self.register(slot, Work::Refresh, delay_until, trigger) {
+            Ok((flight, launch)) => Plan::Start(flight, launch),
+            Err(error) => Plan::Fail(error),
+        }
     }
 
     /// Starts a refresh without anyone waiting on it, if none is running and none is due to
     /// wait: the STALE path. Needs a tokio runtime; without one, a later request starts it.
     fn refresh_in_background(self: &Arc<Self>) {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        let mut slot = self.lock_slot();
-        let now = Instant::now();
-        if slot.flight.is_none() && self.snapshot.load().background.may_start(now) {
-            self.start_flight(&mut slot, None, "refresh_ahead");
-        }
+        let launch = {
+            let mut slot = self.lock_slot();
+            let now = Instant::now();
+            if slot.flight.is_some() || !self.snapshot.load().background.may_start(now) {
+                return;
+            }
+            match self.register(&mut slot, Work::Refresh, None, "refresh_ahead") {
+                Ok((_, launch)) => launch,
+                Err(_no_runtime) => return,
+            }
+        };
+        launch.spawn();
     }
 
     /// Joins the running refresh or starts one, whatever the cooldown or the token's state.
     pub(crate) async fn refresh_now(self: &Arc<Self>) -> Result<(), RefreshError> {
-        let flight = {
+        let plan = {
             let mut slot = self.lock_slot();
             match &slot.flight {
-                Some(flight) => flight.clone(),
-                None => self.start_flight(&mut slot, None, "manual"),
+                Some(flight) => Plan::Wait(flight.clone()),
+                None => self.start(&mut slot, None, "manual"),
             }
         };
-        flight::wait(flight).await.map(drop)
+        plan.go().await.map(drop)
     }
 
     /// Marks the current token rejected: the next request waits for a refresh.
     pub(crate) fn invalidate(&self) {
-        let current = self.snapshot.load().token.as_ref().map(|t| t.generation);
-        if let Some(generation) = current {
-            self.invalidate_generation(generation);
-        }
-    }
-
-    /// Marks `generation` rejected, if it is still the current token, without refreshing:
-    /// for a rejection that will not be resent.
-    pub(crate) fn invalidate_generation(&self, generation: u64) {
         let _slot = self.lock_slot();
-        self.mark_rejected(generation);
-    }
-
-    /// Marks `generation` rejected if it is still the current token. Call under the slot.
-    fn mark_rejected(&self, generation: u64) {
         let snapshot = self.snapshot.load();
         let Some(token) = &snapshot.token else { return };
-        if token.generation != generation || token.rejected {
+        if token.rejected {
             return;
         }
         let token = Token {
@@ -408,6 +535,7 @@ impl TokenCell {
             failures: self.counters.failures.load(Ordering::Relaxed),
             reauths: self.counters.reauths.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
+            backed_off: self.counters.backed_off.load(Ordering::Relaxed),
             persist_failures: self.counters.persist_failures.load(Ordering::Relaxed),
             generation: token.map_or(0, |t| t.generation),
             time_to_expiry: token
@@ -439,6 +567,10 @@ pub struct Stats {
     pub reauths: u64,
     /// Requests resent after the server rejected their token.
     pub retries: u64,
+    /// Rejections returned as they came, without a refresh, because refreshes asked for by
+    /// rejections were spaced out (an endpoint rejecting every token), or the grant was
+    /// refused or cooling down after a failure.
+    pub backed_off: u64,
     /// Times the source's persistence hook failed; the new tokens stayed in use.
     pub persist_failures: u64,
     /// The current token's generation; 0 before the first token.

@@ -1,10 +1,30 @@
-//! When to refresh: the refresh-ahead window, backoff and cooldown, as pure functions.
+//! When to refresh: the refresh-ahead window, backoff, cooldown and the spacing of refreshes
+//! that rejections ask for, as pure functions; and the one guarded way to add to an instant.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The cell's timing settings, set through [`RefreshLayer`](crate::RefreshLayer)'s setters.
+/// The longest span the cell adds to an instant: lifetimes, windows, timeouts and pauses are
+/// cut to it. Servers send absurd numbers (`expires_in` of `u64::MAX`, `1e300`), and
+/// `Instant + Duration` panics on overflow; a token said to live longer than a year is
+/// refreshed after a year.
+pub(crate) const MAX_SPAN: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The longest `Retry-After` honoured: a server asking for more is asked again after an hour,
+/// rather than leaving the application without a token for as long as it says.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+
+/// `at + span`, with `span` cut to [`MAX_SPAN`]: never an overflow, never a panic. Every
+/// addition to an instant in the cell goes through here.
+pub(crate) fn after(at: Instant, span: Duration) -> Instant {
+    // On a platform whose clock cannot reach a year ahead, "at once" is the safe answer:
+    // the token is refreshed early rather than kept past its time.
+    at.checked_add(span.min(MAX_SPAN)).unwrap_or(at)
+}
+
+/// The cell's timing settings, fixed when the layer is built
+/// ([`RefreshLayerBuilder`](crate::RefreshLayerBuilder)).
 #[derive(Clone, Debug)]
 pub(crate) struct Schedule {
     /// How long before expiry a background refresh starts.
@@ -27,6 +47,11 @@ pub(crate) struct Schedule {
     /// `max_cooldown`), so that a dead endpoint is not hammered.
     pub(crate) cooldown: Duration,
     pub(crate) max_cooldown: Duration,
+    /// After a refresh that a rejection asked for, the next one a rejection asks for waits
+    /// this long (doubling with each, up to `max_rejection_spacing`): an endpoint that answers
+    /// 401 to every token must not drive the token endpoint harder than a trickle.
+    pub(crate) rejection_spacing: Duration,
+    pub(crate) max_rejection_spacing: Duration,
 }
 
 impl Default for Schedule {
@@ -41,6 +66,8 @@ impl Default for Schedule {
             backoff: Duration::from_millis(200),
             cooldown: Duration::from_secs(1),
             max_cooldown: Duration::from_secs(60),
+            rejection_spacing: Duration::from_secs(1),
+            max_rejection_spacing: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -54,9 +81,13 @@ impl Schedule {
         expires_in: Duration,
         random: f64,
     ) -> Instant {
-        let jittered = self.refresh_ahead.mul_f64(1.0 - self.jitter * random);
+        let expires_in = expires_in.min(MAX_SPAN);
+        let jittered = self
+            .refresh_ahead
+            .min(MAX_SPAN)
+            .mul_f64(1.0 - self.jitter * random);
         let cap = expires_in.mul_f64(self.max_lifetime_share);
-        sent_at + expires_in - jittered.min(cap)
+        after(sent_at, expires_in.saturating_sub(jittered.min(cap)))
     }
 
     /// The pause before attempt `attempt + 1` of one refresh (`attempt` >= 1): exponential,
@@ -68,7 +99,7 @@ impl Schedule {
         random: f64,
     ) -> Duration {
         let base = exponential(self.backoff, attempt, self.max_cooldown);
-        half_jitter(base, random).max(retry_after.unwrap_or_default())
+        half_jitter(base, random).max(honoured(retry_after))
     }
 
     /// How long no refresh may start after `failures` failed refreshes in a row (>= 1).
@@ -79,8 +110,28 @@ impl Schedule {
         random: f64,
     ) -> Duration {
         let base = exponential(self.cooldown, failures, self.max_cooldown);
-        half_jitter(base, random).max(retry_after.unwrap_or_default())
+        half_jitter(base, random).max(honoured(retry_after))
     }
+
+    /// How long after the `strikes`-th refresh asked for by a rejection (>= 1) the next such
+    /// refresh may start. Refreshes that expiry needs are not held back by it.
+    ///
+    /// With the defaults (1 s, doubling, at most 5 min), an endpoint that rejects every token
+    /// for an hour causes at most 20 token requests in that hour (at 0, 1, 3, 7, ..., 511 s,
+    /// then every 5 min), and 12 in each hour after.
+    pub(crate) fn rejection_spacing(&self, strikes: u32) -> Duration {
+        exponential(self.rejection_spacing, strikes, self.max_rejection_spacing)
+    }
+
+    /// Past this much quiet, rejections count again from the first: they are a new episode.
+    pub(crate) fn rejection_quiet(&self) -> Duration {
+        self.max_rejection_spacing.saturating_mul(2)
+    }
+}
+
+/// A server's `Retry-After`, within [`MAX_RETRY_AFTER`].
+fn honoured(retry_after: Option<Duration>) -> Duration {
+    retry_after.unwrap_or_default().min(MAX_RETRY_AFTER)
 }
 
 /// `first * 2^(n-1)`, capped.
@@ -143,6 +194,43 @@ mod tests {
     }
 
     #[test]
+    fn absurd_spans_are_cut_and_never_overflow() {
+        let now = Instant::now();
+        assert_eq!(after(now, Duration::MAX), now + MAX_SPAN);
+        let mut s = schedule();
+        s.refresh_ahead = Duration::MAX;
+        let at = s.refresh_at(now, Duration::MAX, 0.999);
+        assert!(at > now && at <= now + MAX_SPAN, "{:?}", at - now);
+        assert_eq!(
+            s.cooldown(1, Some(Duration::MAX), 0.0),
+            MAX_RETRY_AFTER,
+            "a Retry-After of forever"
+        );
+        assert_eq!(
+            s.backoff(u32::MAX, Some(Duration::MAX), 1.0),
+            MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn rejection_spacing_doubles_to_five_minutes() {
+        let s = schedule();
+        let spacing: Vec<u64> = (1..=11).map(|n| s.rejection_spacing(n).as_secs()).collect();
+        assert_eq!(spacing, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        // The bound the docs state: refreshes at 0, then after each spacing in turn.
+        let mut at = 0;
+        let mut in_first_hour = 0;
+        for strikes in 1.. {
+            if at > 3600 {
+                break;
+            }
+            in_first_hour += 1;
+            at += s.rejection_spacing(strikes).as_secs();
+        }
+        assert_eq!(in_first_hour, 20);
+    }
+
+    #[test]
     fn cooldown_grows_and_is_capped() {
         let s = schedule();
         assert_eq!(s.cooldown(1, None, 1.0), Duration::from_secs(1));
@@ -151,6 +239,10 @@ mod tests {
         assert_eq!(
             s.cooldown(1, Some(Duration::from_secs(120)), 0.0),
             Duration::from_secs(120)
+        );
+        assert_eq!(
+            s.cooldown(1, Some(Duration::from_secs(7200)), 0.0),
+            MAX_RETRY_AFTER
         );
     }
 }

@@ -10,12 +10,11 @@ use tokio::time::Instant;
 use super::endpoint::Endpoint;
 use crate::BoxError;
 use crate::error::{ReauthRequired, RefreshError};
+use crate::persist::TokenUpdate;
 use crate::source::{BoxFuture, TokenRequest, TokenSource};
 use crate::token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
 
-type PersistHook = dyn Fn(TokenSet, Option<RefreshToken>) -> BoxFuture<'static, Result<(), BoxError>>
-    + Send
-    + Sync;
+type PersistHook = dyn Fn(TokenUpdate) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync;
 
 /// Keeps a user's access token alive with a refresh token (`grant_type=refresh_token`).
 ///
@@ -107,22 +106,23 @@ impl RefreshTokenGrant {
         self
     }
 
-    /// Stores each new token set: `hook(tokens, previous)` receives the tokens a refresh
-    /// brought (their `refresh_token` is always the one to use next, rotated or kept) and the
-    /// refresh token that was presented, for a compare-and-swap store.
+    /// Stores the tokens each time they change: `hook(update)` receives a [`TokenUpdate`]
+    /// whose `refresh_token` is always the one to present next (rotated or kept), with the
+    /// one it replaces, for a compare-and-swap store.
     ///
-    /// The hook runs after the token is swapped in and before the requests waiting for it are
-    /// released, within the refresh's time budget. If it fails or times out, the new token
-    /// is used all the same; the failure is logged and counted in
-    /// [`Stats::persist_failures`](crate::Stats::persist_failures).
+    /// The hook runs whenever the held refresh token changes, an answer that failed but
+    /// rotated it included, and after every refresh: after the token is swapped in and
+    /// before the requests waiting for it are released, within the refresh's time budget.
+    /// If it fails or times out, the new token is used all the same; the failure is logged
+    /// and counted in [`Stats::persist_failures`](crate::Stats::persist_failures).
     pub fn persist<F, Fut, E>(mut self, hook: F) -> Self
     where
-        F: Fn(TokenSet, Option<RefreshToken>) -> Fut + Send + Sync + 'static,
+        F: Fn(TokenUpdate) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        self.persist = Some(Arc::new(move |tokens, previous| {
-            let stored = hook(tokens, previous);
+        self.persist = Some(Arc::new(move |update| {
+            let stored = hook(update);
             Box::pin(async move { stored.await.map_err(Into::into) })
         }));
         self
@@ -181,13 +181,9 @@ impl TokenSource for RefreshTokenGrant {
         Some(tokens)
     }
 
-    fn persist(
-        &self,
-        tokens: &TokenSet,
-        previous: Option<&RefreshToken>,
-    ) -> BoxFuture<'_, Result<(), BoxError>> {
+    fn persist(&self, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
         match &self.persist {
-            Some(hook) => hook(tokens.clone(), previous.cloned()),
+            Some(hook) => hook(update.clone()),
             None => Box::pin(async { Ok(()) }),
         }
     }

@@ -426,7 +426,9 @@ async fn run_row(row: Row, endpoint: TokenEndpoint, http: reqwest::Client, repor
     endpoint.push(healthy());
     let grant = RefreshTokenGrant::new(endpoint.url(), "app", "rt-1").timeout(TIMEOUT);
     // The window is then capped at half the token's lifetime.
-    let layer = RefreshLayer::new(grant).refresh_ahead(Duration::from_secs(3600));
+    let layer = RefreshLayer::builder(grant)
+        .refresh_ahead(Duration::from_secs(3600))
+        .build();
     if let Err(error) = layer.refresh().await {
         return report.problem(format!("the healthy refresh failed: {error}"));
     }

@@ -13,8 +13,7 @@ use oauth_refresh::oauth::{
 };
 use oauth_refresh::{
     BoxFuture, ClientCredentials, ConfigurationError, ReauthRequired, RefreshError,
-    RefreshErrorKind, RefreshLayer, RefreshToken, RefreshTokenGrant, TokenSet, TransientError,
-    TransientKind,
+    RefreshErrorKind, RefreshLayer, RefreshTokenGrant, TokenUpdate, TransientError, TransientKind,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -209,15 +208,13 @@ type Stored = Arc<Mutex<Vec<(String, Option<String>)>>>;
 
 fn recording_hook(
     stored: &Stored,
-) -> impl Fn(TokenSet, Option<RefreshToken>) -> std::future::Ready<Result<(), std::io::Error>>
-+ Send
-+ Sync
-+ 'static {
+) -> impl Fn(TokenUpdate) -> std::future::Ready<Result<(), std::io::Error>> + Send + Sync + 'static
+{
     let stored = stored.clone();
-    move |tokens: TokenSet, previous: Option<RefreshToken>| {
+    move |update: TokenUpdate| {
         stored.lock().unwrap().push((
-            tokens.refresh_token.unwrap().secret().to_owned(),
-            previous.map(|p| p.secret().to_owned()),
+            update.refresh_token.unwrap().secret().to_owned(),
+            update.previous_refresh_token.map(|p| p.secret().to_owned()),
         ));
         std::future::ready(Ok(()))
     }
@@ -255,7 +252,7 @@ async fn waiters_are_released_only_after_the_hook_has_run() {
     let grant = RefreshTokenGrant::new(server.url(), "app", "rt-1").persist({
         let release = release.clone();
         let stored = stored.clone();
-        move |tokens: TokenSet, _previous: Option<RefreshToken>| {
+        move |tokens: TokenUpdate| {
             if let Some(tx) = entered_tx.lock().unwrap().take() {
                 let _ = tx.send(());
             }
@@ -294,11 +291,8 @@ async fn a_failing_hook_keeps_the_new_tokens_and_is_counted() {
     let server = TokenEndpoint::start().await;
     server.push(tokens("at-1", Some("rt-2")));
     server.push(tokens("at-2", Some("rt-3")));
-    let grant = RefreshTokenGrant::new(server.url(), "app", "rt-1").persist(
-        |_: TokenSet, _: Option<RefreshToken>| async {
-            Err::<(), _>(std::io::Error::other("disk full"))
-        },
-    );
+    let grant = RefreshTokenGrant::new(server.url(), "app", "rt-1")
+        .persist(|_: TokenUpdate| async { Err::<(), _>(std::io::Error::other("disk full")) });
     let layer = RefreshLayer::new(grant);
     assert_eq!(call(&layer).await.unwrap(), "hello at-1");
     assert_eq!(layer.stats().persist_failures, 1);

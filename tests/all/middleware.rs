@@ -236,8 +236,16 @@ async fn a_streaming_body_is_sent_once_and_its_401_returned_untouched() {
         "no refresh was spent on a resend that cannot happen"
     );
 
-    // The rejected token is not sent again: the next request waits for a new one.
+    // The rejection was not resent, but it started the refresh it asked for, in the
+    // background: once it lands, requests carry the new token.
     api.set_policy(|token| token == "at-2");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while layer.stats().generation < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the rejection starts a refresh");
     let response = client(&layer)
         .get(server.url("/items"))
         .send()
@@ -286,7 +294,13 @@ async fn reauth_required_is_reached_by_downcast_from_reqwest_middleware_error() 
 async fn a_transient_failure_is_reached_by_downcast_from_reqwest_middleware_error() {
     let endpoint = TokenEndpoint::start().await;
     endpoint.push(Answer::json(503, json!({})).header("retry-after", "7"));
-    let layer = client_credentials(&endpoint).refresh_timeout(Duration::from_millis(500));
+    let layer = RefreshLayer::builder(ClientCredentials::new(
+        endpoint.url(),
+        "reporting",
+        "s3cr3t",
+    ))
+    .refresh_timeout(Duration::from_millis(500))
+    .build();
     let server = ApiServer::start(Api::open()).await;
 
     let err = client(&layer)

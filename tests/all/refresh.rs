@@ -92,7 +92,9 @@ async fn every_waiter_gets_the_same_error() {
 async fn refresh_has_its_own_timeout() {
     let source = TestSource::new(Duration::from_secs(3600));
     source.then(Step::Hang);
-    let layer = RefreshLayer::new(source.clone()).refresh_timeout(Duration::from_secs(5));
+    let layer = RefreshLayer::builder(source.clone())
+        .refresh_timeout(Duration::from_secs(5))
+        .build();
     let service = layer.layer(Api::open());
 
     let started = tokio::time::Instant::now();

@@ -53,7 +53,9 @@ async fn stale_token_is_sent_at_once_while_refreshing_in_background() {
     let source = TestSource::build(Some(Duration::from_secs(100)), false, true, None);
     source.open(1);
     let api = Api::open();
-    let layer = RefreshLayer::new(source.clone()).refresh_ahead(Duration::from_secs(30));
+    let layer = RefreshLayer::builder(source.clone())
+        .refresh_ahead(Duration::from_secs(30))
+        .build();
     let mut service = layer.layer(api.clone());
     send(&mut service, get()).await.unwrap();
 

@@ -153,7 +153,7 @@ fn grants_debug_never_shows_secrets() {
 #[tokio::test]
 async fn token_requests_on_the_wire_are_traced_without_secrets() {
     use crate::token_endpoint::{Answer, TokenEndpoint};
-    use oauth_refresh::{RefreshToken, RefreshTokenGrant, TokenSet};
+    use oauth_refresh::{RefreshTokenGrant, TokenUpdate};
     use serde_json::json;
 
     let log = trace_log();
@@ -168,7 +168,7 @@ async fn token_requests_on_the_wire_are_traced_without_secrets() {
     ));
     let grant = RefreshTokenGrant::new(server.url(), "app", "rt-w1re-1")
         .client_secret("cs-w1re")
-        .persist(|_: TokenSet, _: Option<RefreshToken>| async {
+        .persist(|_: TokenUpdate| async {
             Err::<(), _>(std::io::Error::other("store unavailable"))
         });
     let layer = RefreshLayer::new(grant);

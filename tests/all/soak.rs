@@ -21,7 +21,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use oauth_refresh::{
-    BoxError, ReauthRequired, RefreshLayer, RefreshToken, RefreshTokenGrant, TokenSet,
+    BoxError, ReauthRequired, RefreshLayer, RefreshToken, RefreshTokenGrant, TokenUpdate,
     TransientError, TransientKind,
 };
 use serde_json::json;
@@ -720,9 +720,10 @@ async fn soak() {
     }));
     let hook = {
         let persisted = persisted.clone();
-        move |tokens: TokenSet, previous: Option<RefreshToken>| {
+        move |update: TokenUpdate| {
+            let (tokens, previous) = (&update, update.previous_refresh_token.as_ref());
             let mut persisted = persisted.lock().unwrap();
-            if previous.as_ref().map(RefreshToken::secret) != Some(persisted.stored.as_str()) {
+            if previous.map(RefreshToken::secret) != Some(persisted.stored.as_str()) {
                 persisted.swaps_missed += 1;
             }
             persisted.stored = tokens
@@ -738,9 +739,10 @@ async fn soak() {
         .persist(hook);
     // A window wider than the lifetime: the cap at half the lifetime decides, so each token
     // is refreshed about 1 s after it was requested and lives 1 s more as a reserve.
-    let layer = RefreshLayer::new(grant)
+    let layer = RefreshLayer::builder(grant)
         .refresh_ahead(Duration::from_secs(5))
-        .refresh_timeout(Duration::from_secs(5));
+        .refresh_timeout(Duration::from_secs(5))
+        .build();
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
