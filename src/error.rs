@@ -117,8 +117,10 @@ pub enum TransientKind {
     InvalidResponse,
     /// The token endpoint's answer was larger than the grant reads.
     ResponseTooLarge,
-    /// The refresh task ended without an outcome (it panicked).
+    /// The refresh task panicked.
     Aborted,
+    /// The refresh was cancelled: the tokio runtime that ran it shut down.
+    RuntimeShutdown,
 }
 
 impl fmt::Display for TransientKind {
@@ -139,7 +141,10 @@ impl fmt::Display for TransientKind {
             TransientKind::ResponseTooLarge => {
                 f.write_str("the token endpoint's answer was too large to read")
             }
-            TransientKind::Aborted => f.write_str("the refresh ended without an outcome"),
+            TransientKind::Aborted => f.write_str("the refresh task panicked"),
+            TransientKind::RuntimeShutdown => {
+                f.write_str("the refresh was cancelled: the tokio runtime that ran it shut down")
+            }
         }
     }
 }

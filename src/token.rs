@@ -9,6 +9,10 @@ use std::time::Duration;
 
 const REDACTED: &str = "[redacted]";
 
+/// The longest lifetime a token is taken to have: servers send absurd numbers (`expires_in`
+/// of `u64::MAX` or `1e300`), and a token said to live longer is refreshed after a year.
+pub(crate) const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// A secret string that never prints itself.
 #[derive(Clone, PartialEq, Eq)]
 struct Secret(Arc<str>);
@@ -121,7 +125,8 @@ pub struct TokenSet {
     /// A refresh token, new or rotated. `None` keeps the one the cell already holds.
     pub refresh_token: Option<RefreshToken>,
     /// The lifetime, counted from the moment the token request was sent. `Some(ZERO)` means
-    /// already expired; `None` means unknown, and a rejected request is the backstop.
+    /// already expired; `None` means unknown, and a rejected request is the backstop. A
+    /// lifetime over a year is taken as a year.
     pub expires_in: Option<Duration>,
     /// The scope the server granted, if it said.
     pub scope: Option<String>,

@@ -360,7 +360,7 @@ fn no_runtime() -> RefreshError {
 }
 
 fn shut_down() -> RefreshError {
-    TransientError::new(TransientKind::Aborted).into()
+    TransientError::new(TransientKind::RuntimeShutdown).into()
 }
 
 /// A panic in code of the application's (a source, a persistence hook).

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 /// cut to it. Servers send absurd numbers (`expires_in` of `u64::MAX`, `1e300`), and
 /// `Instant + Duration` panics on overflow; a token said to live longer than a year is
 /// refreshed after a year.
-pub(crate) const MAX_SPAN: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+pub(crate) const MAX_SPAN: Duration = crate::token::MAX_LIFETIME;
 
 /// The longest `Retry-After` honoured: a server asking for more is asked again after an hour,
 /// rather than leaving the application without a token for as long as it says.

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::error::{
     ConfigurationError, ReauthRequired, RefreshError, TransientError, TransientKind,
 };
-use crate::token::{AccessToken, RefreshToken, TokenSet};
+use crate::token::{AccessToken, MAX_LIFETIME, RefreshToken, TokenSet};
 
 /// How an answer's failures are classified, as the grant and endpoint configure it.
 #[derive(Debug)]
@@ -41,6 +41,9 @@ pub(crate) fn token_set(
     {
         // RFC 6749 §5.2: an error body is an error whatever the status, a 200 included.
         return Err(error_response(status, headers, code, fields, rules));
+    }
+    if status.is_redirection() {
+        return Err(redirected(status, headers).into());
     }
     let refresh_token = fields.as_ref().and_then(|f| string(f, "refresh_token"));
     let access_token = fields.as_ref().and_then(|f| string(f, "access_token"));
@@ -114,18 +117,29 @@ fn string(fields: &Map<String, Value>, name: &str) -> Option<String> {
     }
 }
 
-/// `expires_in` as a JSON number or a string of digits.
+/// `expires_in` as a JSON number or a string of digits, cut to [`MAX_LIFETIME`]: a number
+/// too large for any clock (`u64::MAX`, `1e300`, twenty nines) is survivable, never an
+/// overflow later on.
 fn lifetime(value: &Value) -> Option<Duration> {
     let seconds = match value {
         Value::Number(n) => n.as_u64().or_else(|| {
             n.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
+                .filter(|f| *f >= 0.0)
+                // `as` saturates: 1e300 and infinity are u64::MAX.
                 .map(|f| f as u64)
         })?,
-        Value::String(s) => s.trim().parse::<u64>().ok()?,
+        Value::String(s) => {
+            let s = s.trim();
+            match s.parse::<u64>() {
+                Ok(seconds) => seconds,
+                // Digits beyond u64: as long as anything can be.
+                Err(_) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => u64::MAX,
+                Err(_) => return None,
+            }
+        }
         _ => return None,
     };
-    Some(Duration::from_secs(seconds))
+    Some(Duration::from_secs(seconds).min(MAX_LIFETIME))
 }
 
 /// The lifetime a JWT access token states in its `exp` claim. The token is not verified:
@@ -149,7 +163,12 @@ pub(crate) fn jwt_lifetime(access_token: &str, now: SystemTime) -> Option<Durati
         _ => return None,
     };
     let expires_at = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp))?;
-    Some(expires_at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        expires_at
+            .duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_LIFETIME),
+    )
 }
 
 fn error_response(
@@ -231,6 +250,25 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A token endpoint that redirects is a wrong token URL (most often a missing or extra
+/// trailing slash, or `http` for `https`), not a passing failure: resending cannot help, and
+/// following it would carry the client's credentials to another address.
+fn redirected(status: StatusCode, headers: &HeaderMap) -> ConfigurationError {
+    let location = headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        // The query may carry anything; the path is what tells the user what to fix.
+        .map(|v| printable(v.split(['?', '#']).next().unwrap_or_default(), 200));
+    let to = match &location {
+        Some(location) => format!(" to {location}"),
+        None => String::new(),
+    };
+    ConfigurationError::new("token_endpoint_redirect").description(format!(
+        "the token endpoint answered {status} with a redirect{to}: the token URL is wrong \
+         (a missing or extra trailing slash, or http for https?); configure the URL it names"
+    ))
 }
 
 /// Says what was wrong with an answer without quoting its body, which may hold secrets.

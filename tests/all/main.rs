@@ -10,6 +10,8 @@ mod faults;
 #[cfg(feature = "reqwest")]
 mod grants;
 #[cfg(feature = "reqwest")]
+mod hostile;
+#[cfg(feature = "reqwest")]
 mod interop;
 #[cfg(feature = "reqwest")]
 mod middleware;
@@ -18,6 +20,7 @@ mod outcomes;
 mod refresh;
 mod request_path;
 mod retry;
+mod runtime;
 mod secrets;
 #[cfg(feature = "reqwest")]
 mod soak;
