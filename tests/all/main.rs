@@ -18,6 +18,7 @@ mod middleware;
 mod oidc_provider;
 mod outcomes;
 mod refresh;
+mod rejections;
 mod request_path;
 mod retry;
 mod runtime;
