@@ -17,6 +17,7 @@ mod interop;
 mod middleware;
 mod oidc_provider;
 mod outcomes;
+mod persistence;
 mod refresh;
 mod rejections;
 mod request_path;
