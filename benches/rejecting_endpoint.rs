@@ -104,7 +104,10 @@ fn beside_admin(
     let mut cx = Context::from_waker(Waker::noop());
     let mut timed = Duration::ZERO;
     for _ in 0..iters {
-        black_box(rt.block_on(other.clone().oneshot(admin())).expect("an answer"));
+        black_box(
+            rt.block_on(other.clone().oneshot(admin()))
+                .expect("an answer"),
+        );
         let sent = std::time::Instant::now();
         black_box(send_ready(&mut healthy, &mut cx));
         timed += sent.elapsed();

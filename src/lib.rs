@@ -131,9 +131,15 @@
 //! - otherwise marks the rejected token invalid and joins the one shared refresh;
 //! - drains the rejected response's body, so the connection is reused.
 //!
-//! Refreshes start at most once a second, whatever triggers them: a resend that needs a
-//! refresh right after another one waits out the rest of that second. That bound is what
-//! keeps an API that rejects every token from driving a refresh loop.
+//! A rejection costs the request that got it, not everyone: the rejected token is not marked
+//! for other requests, which go on with it (an endpoint may answer 401 for reasons of its
+//! own), and a token the server really revoked is rejected everywhere, its rejections joining
+//! the same refresh. Refreshes start at most once a second, whatever triggers them, and the
+//! refreshes that rejections ask for are spaced out further when the token they brought is
+//! rejected again: 1 s, 2 s, 4 s, ... up to 5 minutes. An endpoint that answers 401 to every
+//! token thus costs at most 20 token requests in an hour (12 an hour after that); meanwhile
+//! its rejections come back as they came, marked [`RetryStatus::BackedOff`]. Refreshes that
+//! expiry needs are never held back by it.
 //!
 //! The answer to the resend is returned as it is, a second rejection included, with
 //! [`RetryStatus::Retried`] in its extensions: one resend, never a loop.
@@ -202,17 +208,19 @@
 //!
 //! With rotation, each refresh answers with a new refresh token and the old one stops
 //! working: an application that restarts with the old one has lost its sign-in. Give the
-//! grant a [`persist`](RefreshTokenGrant::persist) hook. It receives the new token set, whose
+//! grant a [`persist`](RefreshTokenGrant::persist) hook. It receives a [`TokenUpdate`], whose
 //! `refresh_token` is always the one to present next (rotated, or kept when the server sent
-//! none), and the refresh token that was presented, for a compare-and-swap store. It runs
-//! after the new token is in use and before the requests waiting for it go on. If it fails,
-//! the tokens stay in memory, the failure is logged, and [`Stats::persist_failures`] counts
-//! it.
+//! none), with the one it replaces, for a compare-and-swap store. It runs whenever the held
+//! refresh token changes (an answer that failed otherwise but rotated it included, and
+//! tokens installed with [`RefreshLayer::set_tokens`]), and after every refresh: after the
+//! new token is in use and before the requests waiting for it go on, one call at a time, in
+//! order. If it fails, the tokens stay in memory, the failure is logged, and
+//! [`Stats::persist_failures`] counts it.
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
 //! use std::time::{Duration, SystemTime};
-//! use oauth_refresh::{RefreshLayer, RefreshToken, RefreshTokenGrant, TokenSet};
+//! use oauth_refresh::{RefreshLayer, RefreshTokenGrant, TokenUpdate};
 //! # use bytes::Bytes;
 //! # use http_body_util::{BodyExt, Full};
 //! # use oauth_refresh::{BoxFuture, TransientError, oauth::{HttpClient, ResponseBody}};
@@ -232,10 +240,11 @@
 //!
 //! impl Store {
 //!     /// Replaces the stored token only if it is still the one that was presented.
-//!     async fn save(&self, tokens: TokenSet, presented: Option<RefreshToken>) -> std::io::Result<()> {
+//!     async fn save(&self, update: TokenUpdate) -> std::io::Result<()> {
 //!         let mut row = self.0.lock().unwrap();
-//!         if row.as_deref() == presented.as_ref().map(RefreshToken::secret) {
-//!             *row = tokens.refresh_token.map(|t| t.secret().to_owned());
+//!         let replaced = update.previous_refresh_token.as_ref().map(|t| t.secret());
+//!         if row.as_deref() == replaced {
+//!             *row = update.refresh_token.map(|t| t.secret().to_owned());
 //!         }
 //!         Ok(())
 //!     }
@@ -249,9 +258,9 @@
 //! let hook = store.clone();
 //! let grant = RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", stored)
 //!     .access_token("at-1", expired) // the stored access token, if any, and its expiry
-//!     .persist(move |tokens, presented| {
+//!     .persist(move |update| {
 //!         let store = hook.clone();
-//!         async move { store.save(tokens, presented).await }
+//!         async move { store.save(update).await }
 //!     })
 //! #   .http_client(TokenEndpoint)
 //!     ;
@@ -335,17 +344,17 @@
 //! [`oauth::AuthorizationCode`] with PKCE for the first tokens. See [`oauth`].
 //!
 //! ```
-//! use oauth_refresh::{ClientCredentials, RefreshLayer, RefreshToken, RefreshTokenGrant, TokenSet};
+//! use oauth_refresh::{ClientCredentials, RefreshLayer, RefreshTokenGrant, TokenUpdate};
 //!
 //! let service_token = RefreshLayer::new(
 //!     ClientCredentials::new("https://login.example.com/oauth2/token", "reporting", "s3cr3t")
 //!         .scope("api:read"),
 //! );
 //!
-//! # async fn save(_: TokenSet, _: Option<RefreshToken>) -> std::io::Result<()> { Ok(()) }
+//! # async fn save(_: TokenUpdate) -> std::io::Result<()> { Ok(()) }
 //! let user_token = RefreshLayer::new(
 //!     RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", "rt-stored")
-//!         .persist(|tokens: TokenSet, previous: Option<RefreshToken>| save(tokens, previous)),
+//!         .persist(|update: TokenUpdate| save(update)),
 //! );
 //! # drop((service_token, user_token));
 //! ```

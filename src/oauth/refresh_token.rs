@@ -27,13 +27,13 @@ type PersistHook = dyn Fn(TokenUpdate) -> BoxFuture<'static, Result<(), BoxError
 /// program starts from the current refresh token rather than one the server has retired.
 ///
 /// ```
-/// use oauth_refresh::{RefreshLayer, RefreshToken, RefreshTokenGrant, TokenSet};
+/// use oauth_refresh::{RefreshLayer, RefreshTokenGrant, TokenUpdate};
 ///
 /// # fn load() -> String { "rt-stored".into() }
-/// # async fn save(_: TokenSet, _: Option<RefreshToken>) -> std::io::Result<()> { Ok(()) }
+/// # async fn save(_: TokenUpdate) -> std::io::Result<()> { Ok(()) }
 /// let grant = RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", load())
 ///     .client_secret("s3cr3t")
-///     .persist(|tokens: TokenSet, previous: Option<RefreshToken>| save(tokens, previous));
+///     .persist(|update: TokenUpdate| save(update));
 /// let layer = RefreshLayer::new(grant);
 /// # drop(layer);
 /// ```
