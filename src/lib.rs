@@ -63,7 +63,7 @@
 //!   a background refresh if none is running. No request waits.
 //! - **EXPIRED** (or no token yet, or rejected): wait for the one shared refresh, then send.
 //!
-//! The refresh-ahead window is 30 s by default ([`RefreshLayer::refresh_ahead`]), jittered down
+//! The refresh-ahead window is 30 s by default ([`RefreshLayerBuilder::refresh_ahead`]), jittered down
 //! by up to a fifth, and never more than half the token's lifetime: a token that lives 60 s is
 //! refreshed in the background from about 30 s on.
 //!
