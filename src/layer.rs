@@ -10,6 +10,7 @@ use crate::cell::{MAX_SPAN, Schedule, Stats, TokenCell};
 use crate::classify::{ClassifyRejection, DefaultClassifier};
 use crate::error::RefreshError;
 use crate::service::Refresh;
+use crate::shared::Shared;
 use crate::source::TokenSource;
 use crate::token::TokenSet;
 
@@ -75,16 +76,6 @@ use crate::token::TokenSet;
 #[derive(Clone)]
 pub struct RefreshLayer {
     pub(crate) shared: Arc<Shared>,
-}
-
-/// What a service needs per request: the shared cell and this layer value's options. One
-/// `Arc`, so a request clones one pointer.
-#[derive(Clone)]
-pub(crate) struct Shared {
-    pub(crate) cell: Arc<TokenCell>,
-    pub(crate) classifier: Arc<dyn ClassifyRejection>,
-    pub(crate) retry: bool,
-    pub(crate) allow_insecure_http: bool,
 }
 
 impl RefreshLayer {

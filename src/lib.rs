@@ -413,7 +413,9 @@ mod persist;
 mod replay;
 #[cfg(feature = "reqwest")]
 mod reqwest;
+mod resend;
 mod service;
+mod shared;
 mod source;
 mod token;
 

@@ -16,8 +16,9 @@ use crate::body::RefreshBody;
 use crate::classify::Verdict;
 use crate::error::{InsecureTransport, RefreshError, is_loopback};
 use crate::extension::{NoRetry, RetryStatus, SkipAuth};
-use crate::future::{drain, read_prefix, token_for_resend};
-use crate::layer::{RefreshLayer, Shared};
+use crate::layer::RefreshLayer;
+use crate::resend::{drain, read_prefix, token_for_resend};
+use crate::shared::Shared;
 
 #[async_trait::async_trait]
 impl Middleware for RefreshLayer {

@@ -16,8 +16,8 @@ use crate::cell::View;
 use crate::error::{InsecureTransport, is_loopback};
 use crate::extension::{NoRetry, SkipAuth};
 use crate::future::{self, Resend, ResponseFuture};
-use crate::layer::Shared;
 use crate::replay::Replay;
+use crate::shared::Shared;
 
 /// Attaches a fresh bearer token to each request and resends once on rejection. Built by
 /// [`RefreshLayer`](crate::RefreshLayer).
