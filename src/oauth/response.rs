@@ -42,10 +42,12 @@ pub(crate) fn token_set(
         // RFC 6749 §5.2: an error body is an error whatever the status, a 200 included.
         return Err(error_response(status, headers, code, fields, rules));
     }
-    if status.is_redirection() {
+    let refresh_token = fields.as_ref().and_then(|f| string(f, "refresh_token"));
+    // A redirect that carried a refresh token all the same goes the transient way below,
+    // which keeps it.
+    if status.is_redirection() && refresh_token.is_none() {
         return Err(redirected(status, headers).into());
     }
-    let refresh_token = fields.as_ref().and_then(|f| string(f, "refresh_token"));
     let access_token = fields.as_ref().and_then(|f| string(f, "access_token"));
     let (Some(fields), Some(access_token), true) = (&fields, access_token, status.is_success())
     else {

@@ -95,11 +95,11 @@ impl ExpiresIn {
         match self {
             ExpiresIn::Absent => (None, None),
             ExpiresIn::Null => (Some(Value::Null), None),
-            ExpiresIn::Number(n) => (Some(json!(n)), Some(Duration::from_secs(*n))),
-            ExpiresIn::Float(f) => (Some(json!(f)), Some(Duration::from_secs(f.trunc() as u64))),
+            ExpiresIn::Number(n) => (Some(json!(n)), Some(seconds(*n))),
+            ExpiresIn::Float(f) => (Some(json!(f)), Some(seconds(f.trunc() as u64))),
             ExpiresIn::Digits(n, zeros, spaces) => {
                 let text = format!("{spaces}{}{n}{spaces}", "0".repeat(*zeros));
-                (Some(Value::String(text)), Some(Duration::from_secs(*n)))
+                (Some(Value::String(text)), Some(seconds(*n)))
             }
             ExpiresIn::Unreadable(value) => (Some(value.clone()), None),
         }
@@ -111,12 +111,17 @@ impl ExpiresIn {
             (None | Some(Value::Null), _) => (None, None),
             (Some(Value::String(s)), lifetime) => (Some(s), lifetime),
             (Some(Value::Number(n)), _) => {
-                let lifetime = n.as_u64().map(Duration::from_secs);
+                let lifetime = n.as_u64().map(seconds);
                 (Some(n.to_string()), lifetime)
             }
             (Some(other), _) => (Some(other.to_string()), None),
         }
     }
+}
+
+/// A lifetime as the parser reads it: cut to a year.
+fn seconds(n: u64) -> Duration {
+    Duration::from_secs(n).min(MAX_LIFETIME)
 }
 
 fn expires_in() -> impl Strategy<Value = ExpiresIn> {
@@ -604,7 +609,8 @@ proptest! {
 
     /// Any answer: no panic, and a refresh token that parsed is in the token set or in the
     /// transient error. Only a §5.2 error that needs a sign-in or a new configuration has no
-    /// place for one, and only a body with an `error` string gives such an error.
+    /// place for one, and only a body with an `error` string gives such an error, or a
+    /// redirect without a refresh token.
     #[test]
     fn any_answer_keeps_a_parsed_refresh_token(
         (content_type, body) in any_body(),
@@ -626,6 +632,11 @@ proptest! {
             }
             Err(RefreshError::Transient(err)) => {
                 prop_assert_eq!(err.received_refresh_token().map(RefreshToken::secret), refresh_token.as_deref());
+            }
+            // A redirect is a wrong token URL, whatever the body, unless it carried a
+            // refresh token, which the transient error then keeps.
+            Err(RefreshError::Configuration(err)) if err.error() == "token_endpoint_redirect" => {
+                prop_assert!(status.is_redirection() && refresh_token.is_none(), "{:?}", err);
             }
             Err(err) => prop_assert!(error, "{:?} without an error field", err),
         }
@@ -703,7 +714,8 @@ proptest! {
         let now = at(now_seconds, now_nanos);
         let expected = Duration::from_secs(exp)
             .checked_sub(Duration::new(now_seconds, now_nanos))
-            .unwrap_or(Duration::ZERO);
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_LIFETIME);
         prop_assert_eq!(jwt_lifetime(&token, now), Some(expected), "{}", token);
     }
 
@@ -715,7 +727,7 @@ proptest! {
     ) {
         let token = jwt(&json!({"exp": exp, "sub": "x"}), false, b"{}", "sig");
         let whole = if exp > 0.0 { exp.trunc() as u64 } else { 0 };
-        let expected = Duration::from_secs(whole.saturating_sub(now_seconds));
+        let expected = seconds(whole.saturating_sub(now_seconds));
         prop_assert_eq!(jwt_lifetime(&token, at(now_seconds, 0)), Some(expected));
     }
 
