@@ -135,7 +135,6 @@ pub fn challenges(headers: &HeaderMap) -> impl Iterator<Item = Challenge<'_>> {
         .flat_map(parse_challenges)
 }
 
-/// `tchar` of RFC 9110 §5.6.2.
 /// Panics unless every challenge is well formed: what holds of every parse, whatever the
 /// input. The property tests and the fuzz targets both check it.
 #[cfg(any(test, fuzzing))]
@@ -160,6 +159,7 @@ pub(crate) fn assert_well_formed(challenges: &[Challenge<'_>]) {
     }
 }
 
+/// `tchar` of RFC 9110 §5.6.2.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
