@@ -4,6 +4,7 @@
 use std::cell::Cell;
 
 use http::HeaderValue;
+use http::header::WWW_AUTHENTICATE;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 

@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::general_purpose::URL_SAFE_PAD_INDIFFERENT as BASE64URL;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Map, Value};
 
@@ -147,10 +147,6 @@ fn lifetime(value: &Value) -> Option<Duration> {
 /// The lifetime a JWT access token states in its `exp` claim. The token is not verified:
 /// this serves scheduling only, and a rejected request remains the backstop.
 pub(crate) fn jwt_lifetime(access_token: &str, now: SystemTime) -> Option<Duration> {
-    const BASE64URL: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::URL_SAFE,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
     let mut parts = access_token.split('.');
     let (Some(_header), Some(payload), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
