@@ -20,9 +20,11 @@ use crate::token::RefreshToken;
 /// use oauth_refresh::ReauthRequired;
 ///
 /// let err = ReauthRequired::new("invalid_grant")
-///     .description("refresh token revoked")
-///     .host("login.example.com");
+///     .with_description("refresh token revoked")
+///     .with_host("login.example.com");
 /// assert_eq!(err.error(), "invalid_grant");
+/// assert_eq!(err.description(), Some("refresh token revoked"));
+/// assert_eq!(err.host(), Some("login.example.com"));
 /// assert!(err.to_string().contains("sign in again"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,19 +47,19 @@ impl ReauthRequired {
     }
 
     /// Sets the server's `error_description`.
-    pub fn description(mut self, description: impl Into<String>) -> Self {
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
     }
 
     /// Sets the server's `error_uri`.
-    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+    pub fn with_uri(mut self, uri: impl Into<String>) -> Self {
         self.uri = Some(uri.into());
         self
     }
 
     /// Sets the host of the token endpoint that refused.
-    pub fn host(mut self, host: impl Into<String>) -> Self {
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
         self
     }
@@ -68,17 +70,17 @@ impl ReauthRequired {
     }
 
     /// The server's `error_description`, if any.
-    pub fn error_description(&self) -> Option<&str> {
+    pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
     }
 
     /// The server's `error_uri`, if any.
-    pub fn error_uri(&self) -> Option<&str> {
+    pub fn uri(&self) -> Option<&str> {
         self.uri.as_deref()
     }
 
     /// The token endpoint's host, if known.
-    pub fn endpoint_host(&self) -> Option<&str> {
+    pub fn host(&self) -> Option<&str> {
         self.host.as_deref()
     }
 }
@@ -151,9 +153,11 @@ impl fmt::Display for TransientKind {
 /// use std::time::Duration;
 /// use oauth_refresh::{TransientError, TransientKind};
 ///
-/// let err = TransientError::new(TransientKind::RateLimited).retry_after(Duration::from_secs(5));
+/// let err = TransientError::new(TransientKind::RateLimited)
+///     .with_retry_after(Duration::from_secs(5));
 /// assert_eq!(err.kind(), TransientKind::RateLimited);
-/// assert_eq!(err.retry_after_hint(), Some(Duration::from_secs(5)));
+/// assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+/// assert!(err.is_resend_safe());
 /// ```
 #[derive(Clone, Debug)]
 pub struct TransientError {
@@ -177,7 +181,7 @@ impl TransientError {
     }
 
     /// The server's `Retry-After`: the cell will not call the source again before it.
-    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
         self.retry_after = Some(retry_after);
         self
     }
@@ -185,7 +189,7 @@ impl TransientError {
     /// Says whether the same token request may be sent again within this refresh. A
     /// `refresh_token` grant whose request may have reached the server sets `false`: resending
     /// a rotated refresh token can trip the server's reuse detection.
-    pub fn resend_safe(mut self, resend_safe: bool) -> Self {
+    pub fn with_resend_safe(mut self, resend_safe: bool) -> Self {
         self.resend_safe = resend_safe;
         self
     }
@@ -220,8 +224,8 @@ impl TransientError {
         self.kind
     }
 
-    /// The server's retry hint, if any.
-    pub fn retry_after_hint(&self) -> Option<Duration> {
+    /// The server's retry hint (`Retry-After`), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
 
@@ -272,7 +276,7 @@ impl ConfigurationError {
     }
 
     /// Sets a description (the server's `error_description`, or the source's own words).
-    pub fn description(mut self, description: impl Into<String>) -> Self {
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
     }
@@ -283,7 +287,7 @@ impl ConfigurationError {
     }
 
     /// The description, if any.
-    pub fn error_description(&self) -> Option<&str> {
+    pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
     }
 }
@@ -442,15 +446,17 @@ mod tests {
     #[test]
     fn reauth_required_says_a_sign_in_is_needed() {
         let err = ReauthRequired::new("invalid_grant")
-            .description("Token is revoked")
-            .uri("https://docs.example.com/errors")
-            .host("login.example.com");
+            .with_description("Token is revoked")
+            .with_uri("https://docs.example.com/errors")
+            .with_host("login.example.com");
         assert_eq!(
             err.to_string(),
             "the authorization server at login.example.com refused to refresh the token \
              (invalid_grant: Token is revoked); the user must sign in again"
         );
-        assert_eq!(err.error_uri(), Some("https://docs.example.com/errors"));
+        assert_eq!(err.uri(), Some("https://docs.example.com/errors"));
+        assert_eq!(err.description(), Some("Token is revoked"));
+        assert_eq!(err.host(), Some("login.example.com"));
     }
 
     #[test]

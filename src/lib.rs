@@ -283,7 +283,7 @@
 //! # struct Revoked;
 //! # impl TokenSource for Revoked {
 //! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
-//! #         Box::pin(async { Err(ReauthRequired::new("invalid_grant").host("login.example.com").into()) })
+//! #         Box::pin(async { Err(ReauthRequired::new("invalid_grant").with_host("login.example.com").into()) })
 //! #     }
 //! # }
 //!

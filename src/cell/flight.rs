@@ -76,14 +76,14 @@ impl TokenCell {
                 Ok(Err(error)) => error,
                 Err(_elapsed) => {
                     return Err(TransientError::new(TransientKind::Timeout)
-                        .resend_safe(false)
+                        .with_resend_safe(false)
                         .into());
                 }
             };
             let RefreshError::Transient(transient) = &error else {
                 return Err(error);
             };
-            let pause = schedule.backoff(attempt, transient.retry_after_hint(), fastrand::f64());
+            let pause = schedule.backoff(attempt, transient.retry_after(), fastrand::f64());
             if !transient.is_resend_safe()
                 || attempt >= schedule.max_attempts
                 || Instant::now() + pause >= deadline

@@ -106,7 +106,7 @@ impl AuthorizationCode {
     /// other than loopback, or if the system's random source fails.
     pub fn start(&self) -> Result<PendingAuthorization, ConfigurationError> {
         let mut url = self.authorization_url.clone().map_err(|reason| {
-            ConfigurationError::new("invalid_authorization_url").description(format!(
+            ConfigurationError::new("invalid_authorization_url").with_description(format!(
                 "the authorization URL could not be parsed: {reason}"
             ))
         })?;
@@ -114,7 +114,7 @@ impl AuthorizationCode {
         self.endpoint.checked_url()?;
         let redirect_uri = Url::parse(&self.redirect_uri).map_err(|e| {
             ConfigurationError::new("invalid_redirect_uri")
-                .description(format!("the redirect URI could not be parsed: {e}"))
+                .with_description(format!("the redirect URI could not be parsed: {e}"))
         })?;
         let verifier = random_base64url::<32>()?;
         let state = random_base64url::<16>()?;
@@ -259,7 +259,7 @@ fn random_base64url<const N: usize>() -> Result<String, ConfigurationError> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|error| {
         ConfigurationError::new("random_source")
-            .description(format!("the system's random source failed: {error}"))
+            .with_description(format!("the system's random source failed: {error}"))
     })?;
     Ok(BASE64URL.encode(bytes))
 }

@@ -77,7 +77,7 @@ async fn fetch_metadata(
 ) -> Result<ServerMetadata, RefreshError> {
     let issuer_url = Url::parse(issuer).map_err(|e| {
         ConfigurationError::new("invalid_issuer")
-            .description(format!("the issuer URL could not be parsed: {e}"))
+            .with_description(format!("the issuer URL could not be parsed: {e}"))
     })?;
     // Metadata fetched in clear text could point the client's secrets anywhere.
     check_transport(&issuer_url, false)?;
@@ -89,7 +89,9 @@ async fn fetch_metadata(
             .uri(url.as_str())
             .header(header::ACCEPT, "application/json")
             .body(Bytes::new())
-            .map_err(|e| ConfigurationError::new("invalid_issuer").description(e.to_string()))?;
+            .map_err(|e| {
+                ConfigurationError::new("invalid_issuer").with_description(e.to_string())
+            })?;
         let (head, body) = client.send(request).await?.into_parts();
         match head.status {
             StatusCode::OK => {
@@ -108,7 +110,7 @@ async fn fetch_metadata(
         }
     }
     Err(ConfigurationError::new("metadata_not_found")
-        .description(format!(
+        .with_description(format!(
             "no authorization server metadata under {issuer} (last answer {})",
             last_status.map_or(0, |s| s.as_u16())
         ))
@@ -129,7 +131,7 @@ fn well_known_urls(issuer: &Url) -> [Url; 2] {
 fn metadata(issuer: &str, body: &[u8]) -> Result<ServerMetadata, RefreshError> {
     let invalid = |what: &str| -> RefreshError {
         ConfigurationError::new("invalid_metadata")
-            .description(format!("the server's metadata {what}"))
+            .with_description(format!("the server's metadata {what}"))
             .into()
     };
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {

@@ -96,21 +96,21 @@ impl Endpoint {
         let request = self.build(url, params)?;
         let may_resend = |error: TransientError| {
             let never_sent = error.is_resend_safe();
-            error.resend_safe(never_sent || answered_resend_safe)
+            error.with_resend_safe(never_sent || answered_resend_safe)
         };
         let exchange = async {
             let response = http.send(request).await.map_err(may_resend)?;
             let (head, body) = response.into_parts();
             let body = read_capped(&head.headers, body)
                 .await
-                .map_err(|e| e.resend_safe(answered_resend_safe))?;
+                .map_err(|e| e.with_resend_safe(answered_resend_safe))?;
             Ok::<_, TransientError>((head, body))
         };
         let (head, body) = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(answer) => answer?,
             Err(_elapsed) => {
                 return Err(TransientError::new(TransientKind::Timeout)
-                    .resend_safe(answered_resend_safe)
+                    .with_resend_safe(answered_resend_safe)
                     .into());
             }
         };
@@ -127,7 +127,7 @@ impl Endpoint {
     pub(crate) fn checked_url(&self) -> Result<&Url, ConfigurationError> {
         let url = self.token_url.as_ref().map_err(|reason| {
             ConfigurationError::new("invalid_token_url")
-                .description(format!("the token URL could not be parsed: {reason}"))
+                .with_description(format!("the token URL could not be parsed: {reason}"))
         })?;
         check_transport(url, self.allow_insecure_http)?;
         Ok(url)
@@ -165,7 +165,7 @@ impl Endpoint {
             .header(header::ACCEPT, "application/json")
             .body(Bytes::from(form.finish()))
             .map_err(|error| {
-                ConfigurationError::new("invalid_token_url").description(error.to_string())
+                ConfigurationError::new("invalid_token_url").with_description(error.to_string())
             })?;
         if let Some(authorization) = authorization {
             request
@@ -198,7 +198,7 @@ pub(crate) fn resolve_client(
     #[cfg(feature = "reqwest")]
     return super::http::default_client();
     #[cfg(not(feature = "reqwest"))]
-    return Err(ConfigurationError::new("http_client").description(
+    return Err(ConfigurationError::new("http_client").with_description(
         "no HTTP client: enable the `reqwest` feature or set one with `http_client`",
     ));
 }
@@ -217,7 +217,7 @@ pub(crate) fn check_transport(
         return Ok(());
     }
     Err(
-        ConfigurationError::new("insecure_endpoint").description(format!(
+        ConfigurationError::new("insecure_endpoint").with_description(format!(
             "refused to send credentials to {}://{host}: use https, or allow plain http explicitly",
             url.scheme()
         )),

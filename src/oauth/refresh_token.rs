@@ -141,9 +141,9 @@ impl TokenSource for RefreshTokenGrant {
         Box::pin(async move {
             let Some(refresh_token) = request.refresh_token else {
                 let mut error = ReauthRequired::new("missing_refresh_token")
-                    .description("no refresh token is held: the server issued none");
+                    .with_description("no refresh token is held: the server issued none");
                 if let Some(host) = self.endpoint.host() {
-                    error = error.host(host);
+                    error = error.with_host(host);
                 }
                 return Err(error.into());
             };

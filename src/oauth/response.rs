@@ -168,13 +168,13 @@ fn error_response(
     if code == "invalid_grant" || rules.reauth_codes.contains(&code) {
         let mut error = ReauthRequired::new(code);
         if let Some(description) = description {
-            error = error.description(description);
+            error = error.with_description(description);
         }
         if let Some(uri) = fields.get("error_uri").and_then(Value::as_str) {
-            error = error.uri(printable(uri, 300));
+            error = error.with_uri(printable(uri, 300));
         }
         if let Some(host) = rules.host {
-            error = error.host(host);
+            error = error.with_host(host);
         }
         return error.into();
     }
@@ -198,7 +198,7 @@ fn error_response(
         None => {
             let mut error = ConfigurationError::new(code);
             if let Some(description) = description {
-                error = error.description(description);
+                error = error.with_description(description);
             }
             error.into()
         }
@@ -211,9 +211,9 @@ fn transient(
     rules: &Rules<'_>,
     refresh_token: Option<String>,
 ) -> TransientError {
-    let mut error = TransientError::new(kind).resend_safe(rules.answered_resend_safe);
+    let mut error = TransientError::new(kind).with_resend_safe(rules.answered_resend_safe);
     if let Some(retry_after) = retry_after(headers, SystemTime::now()) {
-        error = error.retry_after(retry_after);
+        error = error.with_retry_after(retry_after);
     }
     if let Some(refresh_token) = refresh_token {
         // The answer was unusable, but the server may have rotated the refresh token all the
@@ -369,8 +369,8 @@ mod tests {
             panic!("{err:?}")
         };
         assert_eq!(err.error(), "invalid_grant");
-        assert_eq!(err.error_description(), Some("revoked"));
-        assert_eq!(err.endpoint_host(), Some("login.example.com"));
+        assert_eq!(err.description(), Some("revoked"));
+        assert_eq!(err.host(), Some("login.example.com"));
     }
 
     #[test]

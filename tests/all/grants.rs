@@ -323,9 +323,9 @@ async fn invalid_grant_is_reauth_required_with_the_servers_words() {
         .downcast_ref::<ReauthRequired>()
         .expect("ReauthRequired");
     assert_eq!(reauth.error(), "invalid_grant");
-    assert_eq!(reauth.error_description(), Some("Token is revoked"));
-    assert_eq!(reauth.error_uri(), Some("https://docs.example.com/e"));
-    assert_eq!(reauth.endpoint_host(), Some("127.0.0.1"));
+    assert_eq!(reauth.description(), Some("Token is revoked"));
+    assert_eq!(reauth.uri(), Some("https://docs.example.com/e"));
+    assert_eq!(reauth.host(), Some("127.0.0.1"));
     assert!(reauth.to_string().contains("sign in again"), "{reauth}");
 }
 
@@ -375,11 +375,7 @@ async fn server_errors_are_transient_and_carry_retry_after() {
             panic!("{kind:?}: not transient")
         };
         assert_eq!(err.kind(), kind);
-        assert_eq!(
-            err.retry_after_hint(),
-            Some(Duration::from_secs(7)),
-            "{kind:?}"
-        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)), "{kind:?}");
     }
 }
 
