@@ -251,27 +251,66 @@ impl Error for TransientError {
     }
 }
 
-/// The token endpoint refused the client itself (`invalid_client`, `unauthorized_client`,
-/// `invalid_scope`, ...): permanent until the configuration changes, and no sign-in fixes it.
+/// The client is misconfigured: permanent until the configuration changes, and no sign-in
+/// fixes it.
+///
+/// Either the token endpoint refused the client itself ([`new`](Self::new): `invalid_client`,
+/// `unauthorized_client`, `invalid_scope`, ...), or the client found the problem on its own
+/// side before or without any refusal ([`local`](Self::local): a token URL that does not
+/// parse, plain `http://` refused, no HTTP client).
 ///
 /// ```
 /// use oauth_refresh::ConfigurationError;
 ///
-/// let err = ConfigurationError::new("invalid_client");
-/// assert_eq!(err.error(), "invalid_client");
+/// let refused = ConfigurationError::new("invalid_client").with_description("unknown client");
+/// assert_eq!(refused.error(), "invalid_client");
+/// assert_eq!(
+///     refused.to_string(),
+///     "the token endpoint refused the client (invalid_client: unknown client); \
+///      check the client configuration"
+/// );
+///
+/// let local = ConfigurationError::local("invalid_token_url")
+///     .with_description("the token URL could not be parsed: relative URL without a base");
+/// assert_eq!(local.error(), "invalid_token_url");
+/// assert!(local.to_string().starts_with("cannot refresh the token (invalid_token_url: "));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigurationError {
     error: String,
     description: Option<String>,
+    /// Found by the client, not a refusal by the server: the message must not blame the
+    /// token endpoint.
+    local: bool,
 }
 
 impl ConfigurationError {
-    /// A refusal with the OAuth `error` code the server sent, or a short code of the source's.
+    /// A refusal by the token endpoint, with the OAuth `error` code it sent, e.g.
+    /// `"invalid_client"`.
     pub fn new(error: impl Into<String>) -> Self {
         ConfigurationError {
             error: error.into(),
             description: None,
+            local: false,
+        }
+    }
+
+    /// A problem found on the client's side, not a refusal by the server, with a short code
+    /// of the source's own, e.g. `"invalid_token_url"`.
+    ///
+    /// ```
+    /// use oauth_refresh::ConfigurationError;
+    ///
+    /// let err = ConfigurationError::local("http_client").with_description("no HTTP client");
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "cannot refresh the token (http_client: no HTTP client); check the configuration"
+    /// );
+    /// ```
+    pub fn local(error: impl Into<String>) -> Self {
+        ConfigurationError {
+            local: true,
+            ..ConfigurationError::new(error)
         }
     }
 
@@ -294,11 +333,17 @@ impl ConfigurationError {
 
 impl fmt::Display for ConfigurationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the token endpoint refused the client ({}", self.error)?;
+        match self.local {
+            true => write!(f, "cannot refresh the token ({}", self.error)?,
+            false => write!(f, "the token endpoint refused the client ({}", self.error)?,
+        }
         if let Some(description) = &self.description {
             write!(f, ": {description}")?;
         }
-        f.write_str("); check the client configuration")
+        match self.local {
+            true => f.write_str("); check the configuration"),
+            false => f.write_str("); check the client configuration"),
+        }
     }
 }
 
@@ -457,6 +502,28 @@ mod tests {
         assert_eq!(err.uri(), Some("https://docs.example.com/errors"));
         assert_eq!(err.description(), Some("Token is revoked"));
         assert_eq!(err.host(), Some("login.example.com"));
+    }
+
+    #[test]
+    fn a_refusal_blames_the_token_endpoint_and_a_local_problem_does_not() {
+        let refused = ConfigurationError::new("invalid_client").with_description("unknown client");
+        assert_eq!(
+            refused.to_string(),
+            "the token endpoint refused the client (invalid_client: unknown client); \
+             check the client configuration"
+        );
+        let local = ConfigurationError::local("invalid_token_url")
+            .with_description("the token URL could not be parsed: empty host");
+        assert_eq!(
+            local.to_string(),
+            "cannot refresh the token (invalid_token_url: the token URL could not be parsed: \
+             empty host); check the configuration"
+        );
+        assert_eq!(
+            ConfigurationError::local("http_client").to_string(),
+            "cannot refresh the token (http_client); check the configuration"
+        );
+        assert_ne!(ConfigurationError::new("x"), ConfigurationError::local("x"));
     }
 
     #[test]

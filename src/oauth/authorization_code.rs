@@ -106,14 +106,14 @@ impl AuthorizationCode {
     /// other than loopback, or if the system's random source fails.
     pub fn start(&self) -> Result<PendingAuthorization, ConfigurationError> {
         let mut url = self.authorization_url.clone().map_err(|reason| {
-            ConfigurationError::new("invalid_authorization_url").with_description(format!(
+            ConfigurationError::local("invalid_authorization_url").with_description(format!(
                 "the authorization URL could not be parsed: {reason}"
             ))
         })?;
         check_transport(&url, self.endpoint.allow_insecure_http)?;
         self.endpoint.checked_url()?;
         let redirect_uri = Url::parse(&self.redirect_uri).map_err(|e| {
-            ConfigurationError::new("invalid_redirect_uri")
+            ConfigurationError::local("invalid_redirect_uri")
                 .with_description(format!("the redirect URI could not be parsed: {e}"))
         })?;
         let verifier = random_base64url::<32>()?;
@@ -258,7 +258,7 @@ impl fmt::Debug for PendingAuthorization {
 fn random_base64url<const N: usize>() -> Result<String, ConfigurationError> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|error| {
-        ConfigurationError::new("random_source")
+        ConfigurationError::local("random_source")
             .with_description(format!("the system's random source failed: {error}"))
     })?;
     Ok(BASE64URL.encode(bytes))

@@ -76,7 +76,7 @@ async fn fetch_metadata(
     client: Option<Arc<dyn HttpClient>>,
 ) -> Result<ServerMetadata, RefreshError> {
     let issuer_url = Url::parse(issuer).map_err(|e| {
-        ConfigurationError::new("invalid_issuer")
+        ConfigurationError::local("invalid_issuer")
             .with_description(format!("the issuer URL could not be parsed: {e}"))
     })?;
     // Metadata fetched in clear text could point the client's secrets anywhere.
@@ -90,7 +90,7 @@ async fn fetch_metadata(
             .header(header::ACCEPT, "application/json")
             .body(Bytes::new())
             .map_err(|e| {
-                ConfigurationError::new("invalid_issuer").with_description(e.to_string())
+                ConfigurationError::local("invalid_issuer").with_description(e.to_string())
             })?;
         let (head, body) = client.send(request).await?.into_parts();
         match head.status {
@@ -109,7 +109,7 @@ async fn fetch_metadata(
             status => last_status = Some(status),
         }
     }
-    Err(ConfigurationError::new("metadata_not_found")
+    Err(ConfigurationError::local("metadata_not_found")
         .with_description(format!(
             "no authorization server metadata under {issuer} (last answer {})",
             last_status.map_or(0, |s| s.as_u16())
@@ -130,7 +130,7 @@ fn well_known_urls(issuer: &Url) -> [Url; 2] {
 
 fn metadata(issuer: &str, body: &[u8]) -> Result<ServerMetadata, RefreshError> {
     let invalid = |what: &str| -> RefreshError {
-        ConfigurationError::new("invalid_metadata")
+        ConfigurationError::local("invalid_metadata")
             .with_description(format!("the server's metadata {what}"))
             .into()
     };

@@ -126,7 +126,7 @@ impl Endpoint {
     /// The token URL, once it is known to be fit for secrets.
     pub(crate) fn checked_url(&self) -> Result<&Url, ConfigurationError> {
         let url = self.token_url.as_ref().map_err(|reason| {
-            ConfigurationError::new("invalid_token_url")
+            ConfigurationError::local("invalid_token_url")
                 .with_description(format!("the token URL could not be parsed: {reason}"))
         })?;
         check_transport(url, self.allow_insecure_http)?;
@@ -165,7 +165,7 @@ impl Endpoint {
             .header(header::ACCEPT, "application/json")
             .body(Bytes::from(form.finish()))
             .map_err(|error| {
-                ConfigurationError::new("invalid_token_url").with_description(error.to_string())
+                ConfigurationError::local("invalid_token_url").with_description(error.to_string())
             })?;
         if let Some(authorization) = authorization {
             request
@@ -198,7 +198,7 @@ pub(crate) fn resolve_client(
     #[cfg(feature = "reqwest")]
     return super::http::default_client();
     #[cfg(not(feature = "reqwest"))]
-    return Err(ConfigurationError::new("http_client").with_description(
+    return Err(ConfigurationError::local("http_client").with_description(
         "no HTTP client: enable the `reqwest` feature or set one with `http_client`",
     ));
 }
@@ -217,7 +217,7 @@ pub(crate) fn check_transport(
         return Ok(());
     }
     Err(
-        ConfigurationError::new("insecure_endpoint").with_description(format!(
+        ConfigurationError::local("insecure_endpoint").with_description(format!(
             "refused to send credentials to {}://{host}: use https, or allow plain http explicitly",
             url.scheme()
         )),
@@ -234,7 +234,7 @@ fn basic_authorization(
         |value: &str| url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
     let credentials = format!("{}:{}", encode(client_id), encode(secret.secret()));
     let mut value = HeaderValue::try_from(format!("Basic {}", BASE64.encode(credentials)))
-        .map_err(|_| ConfigurationError::new("invalid_client_credentials"))?;
+        .map_err(|_| ConfigurationError::local("invalid_client_credentials"))?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -289,6 +289,20 @@ mod tests {
         let encoded = header.to_str().unwrap().strip_prefix("Basic ").unwrap();
         let decoded = String::from_utf8(BASE64.decode(encoded).unwrap()).unwrap();
         assert_eq!(decoded, "my+client:a%3Ab%2Bc%2Fd%25e%26f%3Dg%7Eh+i");
+    }
+
+    #[test]
+    fn problems_found_here_do_not_blame_the_token_endpoint() {
+        let unparsable = Endpoint::new("not a url", "svc".into());
+        let insecure = Endpoint::new("http://login.example.com/token", "svc".into());
+        for endpoint in [unparsable, insecure] {
+            let message = endpoint.checked_url().unwrap_err().to_string();
+            assert!(
+                message.starts_with("cannot refresh the token ("),
+                "{message}"
+            );
+            assert!(!message.contains("refused the client"), "{message}");
+        }
     }
 
     #[test]

@@ -98,7 +98,7 @@ mod with_reqwest {
         match client {
             Ok(client) => Ok(Arc::new(client.clone())),
             Err(reason) => Err(
-                ConfigurationError::new("http_client").with_description(format!(
+                ConfigurationError::local("http_client").with_description(format!(
                     "the default HTTP client could not be built: {reason}"
                 )),
             ),
