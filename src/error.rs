@@ -119,8 +119,12 @@ pub enum TransientKind {
     InvalidResponse,
     /// The token endpoint's answer was larger than the grant reads.
     ResponseTooLarge,
-    /// The refresh task ended without an outcome (it panicked).
+    /// The refresh task panicked before it reported an outcome: a bug in the source, most
+    /// likely.
     Aborted,
+    /// The refresh was cancelled: the tokio runtime that ran it shut down before it
+    /// reported an outcome.
+    RuntimeShutdown,
 }
 
 impl fmt::Display for TransientKind {
@@ -141,7 +145,10 @@ impl fmt::Display for TransientKind {
             TransientKind::ResponseTooLarge => {
                 f.write_str("the token endpoint's answer was too large to read")
             }
-            TransientKind::Aborted => f.write_str("the refresh ended without an outcome"),
+            TransientKind::Aborted => f.write_str("the refresh task panicked"),
+            TransientKind::RuntimeShutdown => {
+                f.write_str("the refresh was cancelled: the tokio runtime that ran it shut down")
+            }
         }
     }
 }
@@ -524,6 +531,19 @@ mod tests {
             "cannot refresh the token (http_client); check the configuration"
         );
         assert_ne!(ConfigurationError::new("x"), ConfigurationError::local("x"));
+    }
+
+    #[test]
+    fn a_panic_and_a_runtime_shutdown_are_told_apart() {
+        assert_eq!(
+            TransientError::new(TransientKind::Aborted).to_string(),
+            "token refresh failed for now: the refresh task panicked"
+        );
+        assert_eq!(
+            TransientError::new(TransientKind::RuntimeShutdown).to_string(),
+            "token refresh failed for now: the refresh was cancelled: the tokio runtime that \
+             ran it shut down"
+        );
     }
 
     #[test]
