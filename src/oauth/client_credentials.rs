@@ -53,7 +53,8 @@ impl ClientCredentials {
         self
     }
 
-    /// Sets the `audience` parameter (Auth0, Okta and others name the API this way).
+    /// Adds an `audience` parameter (Auth0, Okta and others name the API this way); may be
+    /// given more than once, like [`resource`](Self::resource).
     pub fn audience(self, audience: impl Into<String>) -> Self {
         self.param("audience", audience)
     }
