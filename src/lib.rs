@@ -248,7 +248,7 @@
 //! let expired = SystemTime::now() - Duration::from_secs(1);
 //! let hook = store.clone();
 //! let grant = RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", stored)
-//!     .access_token("at-1", expired) // the stored access token, if any, and its expiry
+//!     .initial_access_token("at-1", expired) // the stored access token, if any, and its expiry
 //!     .persist(move |tokens, presented| {
 //!         let store = hook.clone();
 //!         async move { store.save(tokens, presented).await }

@@ -176,8 +176,8 @@ async fn a_stored_access_token_is_used_until_its_wall_clock_expiry() {
     let server = TokenEndpoint::start().await;
     server.push(tokens("at-2", Some("rt-2")));
     let expires_at = std::time::SystemTime::now() + Duration::from_secs(600);
-    let grant =
-        RefreshTokenGrant::new(server.url(), "app", "rt-1").access_token("at-stored", expires_at);
+    let grant = RefreshTokenGrant::new(server.url(), "app", "rt-1")
+        .initial_access_token("at-stored", expires_at);
     let layer = RefreshLayer::new(grant);
     assert_eq!(call(&layer).await.unwrap(), "hello at-stored");
     assert_eq!(
@@ -192,7 +192,8 @@ async fn a_stored_access_token_is_used_until_its_wall_clock_expiry() {
     );
 
     let expired = std::time::SystemTime::now() - Duration::from_secs(5);
-    let grant = RefreshTokenGrant::new(server.url(), "app", "rt-1").access_token("at-old", expired);
+    let grant =
+        RefreshTokenGrant::new(server.url(), "app", "rt-1").initial_access_token("at-old", expired);
     let layer = RefreshLayer::new(grant);
     assert_eq!(
         call(&layer).await.unwrap(),

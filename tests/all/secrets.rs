@@ -123,7 +123,7 @@ fn grants_debug_never_shows_secrets() {
         ClientCredentials::new("https://login.test/token", "svc", "cs-s3cr3t").scope("api:read");
     let refresh = RefreshTokenGrant::new("https://login.test/token", "app", "rt-s3cr3t")
         .client_secret("cs-s3cr3t")
-        .access_token("at-s3cr3t", std::time::SystemTime::now());
+        .initial_access_token("at-s3cr3t", std::time::SystemTime::now());
     let sign_in = AuthorizationCode::new(
         "https://login.test/authorize",
         "https://login.test/token",
