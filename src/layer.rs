@@ -39,9 +39,7 @@ use crate::token::TokenSet;
 /// # impl TokenSource for Static {
 /// #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
 /// #         Box::pin(async {
-/// #             let mut set = TokenSet::new(AccessToken::new("at-1"));
-/// #             set.expires_in = Some(Duration::from_secs(3600));
-/// #             Ok(set)
+/// #             Ok(TokenSet::new(AccessToken::new("at-1")).with_expires_in(Duration::from_secs(3600)))
 /// #         })
 /// #     }
 /// # }

@@ -80,9 +80,7 @@
 //! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
 //! #         let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
 //! #         Box::pin(async move {
-//! #             let mut tokens = TokenSet::new(AccessToken::new(format!("at-{n}")));
-//! #             tokens.expires_in = Some(Duration::from_secs(60));
-//! #             Ok(tokens)
+//! #             Ok(TokenSet::new(AccessToken::new(format!("at-{n}"))).with_expires_in(Duration::from_secs(60)))
 //! #         })
 //! #     }
 //! # }
@@ -164,9 +162,7 @@
 //! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
 //! #         let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
 //! #         Box::pin(async move {
-//! #             let mut tokens = TokenSet::new(AccessToken::new(format!("at-{n}")));
-//! #             tokens.expires_in = Some(Duration::from_secs(3600));
-//! #             Ok(tokens)
+//! #             Ok(TokenSet::new(AccessToken::new(format!("at-{n}"))).with_expires_in(Duration::from_secs(3600)))
 //! #         })
 //! #     }
 //! # }
@@ -278,7 +274,7 @@
 //! (the client is refused, e.g. `invalid_client`), and [`InsecureTransport`].
 //!
 //! ```
-//! use oauth_refresh::{AccessToken, ReauthRequired, RefreshLayer, RefreshToken, TokenSet, TransientError};
+//! use oauth_refresh::{AccessToken, ReauthRequired, RefreshLayer, TokenSet, TransientError};
 //! # use oauth_refresh::{BoxFuture, RefreshError, TokenRequest, TokenSource};
 //! # struct Revoked;
 //! # impl TokenSource for Revoked {
@@ -319,8 +315,7 @@
 //! assert!(matches!(next_step(&err), Next::SignIn));
 //!
 //! // After a new sign-in (`oauth::AuthorizationCode`), hand its tokens to the layer.
-//! let mut tokens = TokenSet::new(AccessToken::new("at-new"));
-//! tokens.refresh_token = Some(RefreshToken::new("rt-new"));
+//! let tokens = TokenSet::new(AccessToken::new("at-new")).with_refresh_token("rt-new");
 //! layer.set_tokens(tokens).unwrap();
 //! let response = service.oneshot(http::Request::new(String::new())).await.unwrap();
 //! assert_eq!(response.status(), 200);

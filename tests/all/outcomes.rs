@@ -64,8 +64,8 @@ async fn new_tokens_after_a_sign_in_clear_the_reauth() {
     let err = service.clone().oneshot(get()).await.unwrap_err();
     assert!(err.is::<ReauthRequired>());
 
-    let mut tokens = oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("signed-in"));
-    tokens.expires_in = Some(Duration::from_secs(100));
+    let tokens = oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("signed-in"))
+        .with_expires_in(Duration::from_secs(100));
     layer.set_tokens(tokens).unwrap();
 
     let response = service.oneshot(get()).await.unwrap();
@@ -246,9 +246,9 @@ async fn tokens_from_a_sign_in_win_over_a_refresh_running_meanwhile() {
     let waiting = tokio::spawn(service.clone().oneshot(get()));
     tokio::task::yield_now().await;
 
-    let mut tokens = oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("signed-in"));
-    tokens.expires_in = Some(Duration::from_secs(100));
-    tokens.refresh_token = Some(oauth_refresh::RefreshToken::new("rt-signed-in"));
+    let tokens = oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("signed-in"))
+        .with_expires_in(Duration::from_secs(100))
+        .with_refresh_token("rt-signed-in");
     layer.set_tokens(tokens).unwrap();
     source.then(Step::Fail(invalid_grant()));
     source.open(1);
