@@ -31,21 +31,16 @@ use crate::token::TokenSet;
 ///
 /// ```
 /// use std::time::Duration;
-/// use oauth_refresh::{AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource};
+/// use oauth_refresh::{AccessToken, RefreshLayer, TokenSet, source_fn};
 /// use http_body_util::BodyExt;
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
-/// # struct Static;
-/// # impl TokenSource for Static {
-/// #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
-/// #         Box::pin(async {
-/// #             Ok(TokenSet::new(AccessToken::new("at-1")).with_expires_in(Duration::from_secs(3600)))
-/// #         })
-/// #     }
-/// # }
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower::BoxError> {
-/// let layer = RefreshLayer::new(Static).refresh_ahead(Duration::from_secs(60));
+/// let source = source_fn(|_request| async {
+///     Ok(TokenSet::new(AccessToken::new("at-1")).with_expires_in(Duration::from_secs(3600)))
+/// });
+/// let layer = RefreshLayer::new(source).refresh_ahead(Duration::from_secs(60));
 /// let api = tower::service_fn(|request: http::Request<String>| async move {
 ///     let auth = request.headers()[http::header::AUTHORIZATION].clone();
 ///     Ok::<_, std::convert::Infallible>(http::Response::new(auth.to_str().unwrap().to_owned()))

@@ -275,13 +275,6 @@
 //!
 //! ```
 //! use oauth_refresh::{AccessToken, ReauthRequired, RefreshLayer, TokenSet, TransientError};
-//! # use oauth_refresh::{BoxFuture, RefreshError, TokenRequest, TokenSource};
-//! # struct Revoked;
-//! # impl TokenSource for Revoked {
-//! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
-//! #         Box::pin(async { Err(ReauthRequired::new("invalid_grant").with_host("login.example.com").into()) })
-//! #     }
-//! # }
 //!
 //! enum Next {
 //!     SignIn,
@@ -304,11 +297,14 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
+//! # let revoked = oauth_refresh::source_fn(|_| async {
+//! #     Err(ReauthRequired::new("invalid_grant").with_host("login.example.com").into())
+//! # });
 //! # let api = tower::service_fn(|_: http::Request<String>| async move {
 //! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
 //! # });
 //! # use tower::ServiceExt;
-//! let layer = RefreshLayer::new(Revoked);
+//! let layer = RefreshLayer::new(revoked);
 //! let service = tower::ServiceBuilder::new().layer(layer.clone()).service(api);
 //!
 //! let err = service.clone().oneshot(http::Request::new(String::new())).await.unwrap_err();
@@ -413,7 +409,7 @@ pub use future::ResponseFuture;
 pub use layer::RefreshLayer;
 pub use oauth::{ClientCredentials, RefreshTokenGrant};
 pub use service::Refresh;
-pub use source::{BoxFuture, TokenRequest, TokenSource};
+pub use source::{BoxFuture, SourceFn, TokenRequest, TokenSource, source_fn};
 pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
 
 /// The error type of the tower service: refresh errors and the inner service's own.
