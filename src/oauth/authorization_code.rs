@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use url::Url;
 
-use super::endpoint::{Endpoint, check_transport};
+use super::endpoint::{Endpoint, ParamNames, UrlForDebug, check_transport};
 use super::refresh_token::RefreshTokenGrant;
 use crate::error::{ConfigurationError, RefreshError};
 use crate::token::ClientSecret;
@@ -53,7 +53,7 @@ use crate::token::ClientSecret;
 /// # }
 /// # let _ = sign_in;
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuthorizationCode {
     authorization_url: Result<Url, String>,
     endpoint: Endpoint,
@@ -92,7 +92,8 @@ impl AuthorizationCode {
         self
     }
 
-    /// Adds a parameter to the authorization URL, such as `prompt` or `audience`.
+    /// Adds a parameter to the authorization URL, such as `prompt` or `audience`. `Debug`
+    /// shows its name, never its value.
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.params.push((name.into(), value.into()));
         self
@@ -143,6 +144,18 @@ impl AuthorizationCode {
             redirect_uri,
             endpoint: self.endpoint.clone(),
         })
+    }
+}
+
+impl fmt::Debug for AuthorizationCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationCode")
+            .field("authorization_url", &UrlForDebug(&self.authorization_url))
+            .field("endpoint", &self.endpoint)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("scopes", &self.scopes)
+            .field("params", &ParamNames(&self.params))
+            .finish()
     }
 }
 
@@ -407,6 +420,22 @@ mod tests {
                 .unwrap(),
             "abc"
         );
+    }
+
+    #[test]
+    fn debug_shows_authorization_parameters_by_name_only() {
+        let sign_in = AuthorizationCode::new(
+            "https://login.example.com/authorize?tenant=t1",
+            "https://login.example.com/token",
+            "my app",
+            "http://127.0.0.1:8765/callback",
+        )
+        .client_secret("cs-s3cr3t")
+        .param("request", "eyJhbGciOiJSUzI1NiJ9.req-s3cr3t.sig");
+        for printed in [format!("{sign_in:?}"), format!("{sign_in:#?}")] {
+            assert!(!printed.contains("s3cr3t"), "{printed}");
+            assert!(printed.contains("\"request\""), "{printed}");
+        }
     }
 
     #[test]

@@ -179,12 +179,48 @@ impl Endpoint {
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("token_url", &self.token_url.as_ref().map(Url::as_str))
+            .field("token_url", &UrlForDebug(&self.token_url))
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// A configured URL as `Debug` shows it: without a password or query values, which may be
+/// credentials (the crate drops URLs from reqwest's errors for the same reason).
+pub(crate) struct UrlForDebug<'a>(pub(crate) &'a Result<Url, String>);
+
+impl fmt::Debug for UrlForDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = match self.0 {
+            Ok(url) => url,
+            Err(reason) => return write!(f, "Err({reason:?})"),
+        };
+        let mut bare = url.clone();
+        let _ = bare.set_password(None);
+        bare.set_query(None);
+        bare.set_fragment(None);
+        let mut shown = String::from(bare.as_str());
+        for (i, (name, _value)) in url.query_pairs().enumerate() {
+            shown.push(if i == 0 { '?' } else { '&' });
+            shown.push_str(&name);
+            shown.push_str("=[redacted]");
+        }
+        fmt::Debug::fmt(&shown, f)
+    }
+}
+
+/// Extra form or query parameters as `Debug` shows them: by name only, since a value may be a
+/// credential (`client_assertion`, a signed request object).
+pub(crate) struct ParamNames<'a>(pub(crate) &'a [(String, String)]);
+
+impl fmt::Debug for ParamNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _value)| name))
+            .finish()
     }
 }
 
@@ -303,6 +339,24 @@ mod tests {
             );
             assert!(!message.contains("refused the client"), "{message}");
         }
+    }
+
+    #[test]
+    fn debug_shows_no_password_or_query_value_of_the_token_url() {
+        let endpoint = Endpoint::new(
+            "https://svc:pw-s3cr3t@login.example.com/token?api_key=key-s3cr3t&tenant=t1",
+            "svc".into(),
+        );
+        let printed = format!("{endpoint:?}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(
+            printed.contains(
+                r#""https://svc@login.example.com/token?api_key=[redacted]&tenant=[redacted]""#
+            ),
+            "{printed}"
+        );
+        let unparsable = format!("{:?}", Endpoint::new("not a url", "svc".into()));
+        assert!(unparsable.contains("token_url: Err("), "{unparsable}");
     }
 
     #[test]
