@@ -361,6 +361,20 @@ impl Error for ConfigurationError {}
 ///
 /// Through a tower stack each variant arrives as its own struct inside the `BoxError`, so
 /// `err.downcast_ref::<ReauthRequired>()` works.
+///
+/// It is transparent: its `Display` is the variant's, and its `source()` the variant's own
+/// source, so a walk down the chain (`anyhow`'s `{:#}`, a loop over `source()`) prints each
+/// message once.
+///
+/// ```
+/// use std::error::Error;
+/// use oauth_refresh::{RefreshError, TransientError, TransientKind};
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let err = RefreshError::from(TransientError::new(TransientKind::Network).with_source(io));
+/// assert_eq!(err.to_string(), "token refresh failed for now: the token endpoint could not be reached");
+/// assert_eq!(err.source().unwrap().to_string(), "connection refused");
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum RefreshError {
@@ -409,12 +423,13 @@ impl fmt::Display for RefreshError {
     }
 }
 
+/// Transparent: the variant's Display is this error's, so the chain skips the variant.
 impl Error for RefreshError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            RefreshError::Reauth(e) => Some(e),
-            RefreshError::Transient(e) => Some(e),
-            RefreshError::Configuration(e) => Some(e),
+            RefreshError::Reauth(e) => e.source(),
+            RefreshError::Transient(e) => e.source(),
+            RefreshError::Configuration(e) => e.source(),
         }
     }
 }
@@ -551,6 +566,43 @@ mod tests {
         let boxed = RefreshError::from(ReauthRequired::new("invalid_grant")).into_box();
         let err = boxed.downcast_ref::<ReauthRequired>().expect("downcast");
         assert_eq!(err.error(), "invalid_grant");
+    }
+
+    /// Every message down `err`'s source chain, `err`'s own first.
+    fn chain(err: &(dyn Error + 'static)) -> Vec<String> {
+        let mut messages = Vec::new();
+        let mut next = Some(err);
+        while let Some(err) = next {
+            messages.push(err.to_string());
+            next = err.source();
+        }
+        messages
+    }
+
+    #[test]
+    fn a_refresh_error_chain_prints_each_message_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = RefreshError::from(TransientError::new(TransientKind::Network).with_source(io));
+        let messages = chain(&err);
+        for (i, message) in messages.iter().enumerate() {
+            assert!(
+                !messages[..i].contains(message),
+                "{message:?} twice in {messages:?}"
+            );
+        }
+        assert_eq!(
+            messages,
+            [
+                "token refresh failed for now: the token endpoint could not be reached",
+                "connection refused",
+            ]
+        );
+        for err in [
+            RefreshError::from(ReauthRequired::new("invalid_grant")),
+            RefreshError::from(ConfigurationError::new("invalid_client")),
+        ] {
+            assert_eq!(chain(&err).len(), 1, "{err}");
+        }
     }
 
     #[test]
