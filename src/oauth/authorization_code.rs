@@ -295,7 +295,9 @@ pub enum AuthorizationError {
     },
     /// The callback carried neither a code nor an error.
     MissingCode,
-    /// The token endpoint refused the code, or could not be reached.
+    /// The token endpoint refused the code, or could not be reached. The message includes
+    /// the refresh error's; `source()` goes on from that error's own source, so no message
+    /// shows twice down the chain.
     Token(RefreshError),
 }
 
@@ -324,7 +326,8 @@ impl fmt::Display for AuthorizationError {
 impl Error for AuthorizationError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            AuthorizationError::Token(error) => Some(error),
+            // Its message is already in ours.
+            AuthorizationError::Token(error) => error.source(),
             _ => None,
         }
     }
@@ -444,6 +447,32 @@ mod tests {
         let printed = format!("{pending:?}");
         assert!(!printed.contains(pending.verifier.secret()), "{printed}");
         assert!(!printed.contains(pending.state()), "{printed}");
+    }
+
+    #[test]
+    fn a_failed_exchange_prints_each_message_once_down_its_chain() {
+        use crate::error::{TransientError, TransientKind};
+
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = AuthorizationError::Token(
+            TransientError::new(TransientKind::Network)
+                .with_source(io)
+                .into(),
+        );
+        let mut messages = Vec::new();
+        let mut next: Option<&(dyn Error + 'static)> = Some(&err);
+        while let Some(err) = next {
+            messages.push(err.to_string());
+            next = err.source();
+        }
+        assert_eq!(
+            messages,
+            [
+                "redeeming the code failed: token refresh failed for now: the token endpoint \
+                 could not be reached",
+                "connection refused",
+            ]
+        );
     }
 
     #[test]

@@ -102,7 +102,8 @@ async fn fetch_metadata(
             status if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
                 return Err(
                     TransientError::new(TransientKind::ServerError(status.as_u16()))
-                        .with_source(format!("the metadata endpoint answered {status}"))
+                        // The kind names the status; the reason says which endpoint it was.
+                        .with_source("the answer came from the metadata endpoint, during discovery")
                         .into(),
                 );
             }
@@ -193,6 +194,40 @@ mod tests {
             openid.as_str(),
             "https://login.example.com/.well-known/openid-configuration"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_metadata_endpoint_is_named_once() {
+        use crate::oauth::ResponseBody;
+        use crate::source::BoxFuture;
+        use http_body_util::{BodyExt, Empty};
+
+        struct Unavailable;
+        impl HttpClient for Unavailable {
+            fn send(
+                &self,
+                _: http::Request<Bytes>,
+            ) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
+                let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
+                let mut response = http::Response::new(body);
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Box::pin(async move { Ok(response) })
+            }
+        }
+
+        let err = ServerMetadata::discover_with("https://login.example.com", Unavailable)
+            .await
+            .unwrap_err();
+        let RefreshError::Transient(transient) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(transient.kind(), TransientKind::ServerError(503));
+        let reason = std::error::Error::source(transient).unwrap().to_string();
+        assert_eq!(
+            reason,
+            "the answer came from the metadata endpoint, during discovery"
+        );
+        assert!(!reason.contains("503"), "{err}: {reason}");
     }
 
     #[test]

@@ -308,7 +308,7 @@ pub(crate) async fn read_capped(
 
 fn too_large() -> TransientError {
     TransientError::new(TransientKind::ResponseTooLarge).with_source(format!(
-        "the token endpoint's answer exceeds {} KiB",
+        "the grants read at most {} KiB",
         MAX_RESPONSE_BYTES / 1024
     ))
 }
@@ -357,6 +357,14 @@ mod tests {
         );
         let unparsable = format!("{:?}", Endpoint::new("not a url", "svc".into()));
         assert!(unparsable.contains("token_url: Err("), "{unparsable}");
+    }
+
+    #[test]
+    fn the_size_reason_does_not_repeat_its_kind() {
+        let err = too_large();
+        let reason = std::error::Error::source(&err).unwrap().to_string();
+        assert_eq!(reason, "the grants read at most 256 KiB");
+        assert!(!err.to_string().contains(&reason), "{err}");
     }
 
     #[test]

@@ -51,7 +51,12 @@ pub(crate) fn token_set(
             code @ 500..=599 => TransientKind::ServerError(code),
             _ => TransientKind::InvalidResponse,
         };
-        let reason = describe_unusable(status, headers, body.len(), fields.is_some());
+        let what = describe_body(headers, body.len(), fields.is_some());
+        // A 5xx kind already says the status; the reason adds only what the body was.
+        let reason = match kind {
+            TransientKind::ServerError(_) => what,
+            _ => format!("{status} with {what}"),
+        };
         return Err(transient(kind, headers, rules, refresh_token)
             .with_source(reason)
             .into());
@@ -60,7 +65,7 @@ pub(crate) fn token_set(
         && !token_type.eq_ignore_ascii_case("bearer")
     {
         let reason = format!(
-            "the token endpoint issued a token of type {:?}, not Bearer",
+            "a token of type {:?} was issued, not Bearer",
             printable(token_type, 40)
         );
         return Err(transient(
@@ -233,26 +238,20 @@ pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Durati
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Says what was wrong with an answer without quoting its body, which may hold secrets.
-fn describe_unusable(
-    status: StatusCode,
-    headers: &HeaderMap,
-    length: usize,
-    parsed: bool,
-) -> String {
+/// Says what was wrong with an answer's body without quoting it, since it may hold secrets.
+fn describe_body(headers: &HeaderMap, length: usize, parsed: bool) -> String {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| printable(v, 80));
-    let what = match (length, parsed) {
+    match (length, parsed) {
         (0, _) => "an empty body".to_owned(),
         (_, true) => "a body without an access_token".to_owned(),
         (length, false) => match content_type {
             Some(content_type) => format!("a {length}-byte {content_type} body that is not JSON"),
             None => format!("a {length}-byte body that is not JSON"),
         },
-    };
-    format!("the token endpoint answered {status} with {what}")
+    }
 }
 
 /// A server-supplied string fit for an error message: printable ASCII, at most `max` chars.
@@ -452,6 +451,27 @@ mod tests {
             !err.is_resend_safe(),
             "a refresh that reached the server is not resent"
         );
+    }
+
+    #[test]
+    fn a_reason_does_not_repeat_what_its_kind_says() {
+        let cases = [
+            (503, "<html>down</html>"),
+            (500, ""),
+            (429, ""),
+            (200, "<html>a page</html>"),
+            (200, r#"{"access_token":"at","token_type":"DPoP"}"#),
+        ];
+        for (status, body) in cases {
+            let RefreshError::Transient(err) = parse(status, body).unwrap_err() else {
+                panic!("{status} {body}")
+            };
+            let reason = std::error::Error::source(&err).unwrap().to_string();
+            assert!(!reason.contains("token endpoint"), "{err}: {reason}");
+            if let TransientKind::ServerError(code) = err.kind() {
+                assert!(!reason.contains(&code.to_string()), "{err}: {reason}");
+            }
+        }
     }
 
     #[test]
