@@ -271,7 +271,8 @@
 //! The tower service's error is a `BoxError`; refresh failures arrive as the crate's own
 //! types, reached with `downcast_ref`: [`ReauthRequired`] (sign in again),
 //! [`TransientError`] (the token endpoint failed for now; retry later), [`ConfigurationError`]
-//! (the client is refused, e.g. `invalid_client`), and [`InsecureTransport`].
+//! (the client is refused, e.g. `invalid_client`, or misconfigured, e.g. a token URL that does
+//! not parse), and [`InsecureTransport`].
 //!
 //! ```
 //! use oauth_refresh::{AccessToken, ReauthRequired, RefreshLayer, TokenSet, TransientError};
