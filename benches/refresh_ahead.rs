@@ -54,9 +54,7 @@ impl TokenSource for FirstThenHang {
             if !first {
                 pending::<()>().await;
             }
-            let mut tokens = TokenSet::new(AccessToken::new(ACCESS_TOKEN));
-            tokens.expires_in = Some(LIFETIME);
-            Ok(tokens)
+            Ok(TokenSet::new(AccessToken::new(ACCESS_TOKEN)).with_expires_in(LIFETIME))
         })
     }
 }

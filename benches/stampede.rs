@@ -55,9 +55,7 @@ impl TokenSource for SlowSource {
         self.calls.fetch_add(1, Ordering::Relaxed);
         Box::pin(async {
             tokio::time::sleep(REFRESH_LATENCY).await;
-            let mut tokens = TokenSet::new(AccessToken::new(ACCESS_TOKEN));
-            tokens.expires_in = Some(LIFETIME);
-            Ok(tokens)
+            Ok(TokenSet::new(AccessToken::new(ACCESS_TOKEN)).with_expires_in(LIFETIME))
         })
     }
 }

@@ -20,9 +20,11 @@ use crate::token::RefreshToken;
 /// use oauth_refresh::ReauthRequired;
 ///
 /// let err = ReauthRequired::new("invalid_grant")
-///     .description("refresh token revoked")
-///     .host("login.example.com");
+///     .with_description("refresh token revoked")
+///     .with_host("login.example.com");
 /// assert_eq!(err.error(), "invalid_grant");
+/// assert_eq!(err.description(), Some("refresh token revoked"));
+/// assert_eq!(err.host(), Some("login.example.com"));
 /// assert!(err.to_string().contains("sign in again"));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,19 +47,19 @@ impl ReauthRequired {
     }
 
     /// Sets the server's `error_description`.
-    pub fn description(mut self, description: impl Into<String>) -> Self {
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
     }
 
     /// Sets the server's `error_uri`.
-    pub fn uri(mut self, uri: impl Into<String>) -> Self {
+    pub fn with_uri(mut self, uri: impl Into<String>) -> Self {
         self.uri = Some(uri.into());
         self
     }
 
     /// Sets the host of the token endpoint that refused.
-    pub fn host(mut self, host: impl Into<String>) -> Self {
+    pub fn with_host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
         self
     }
@@ -68,17 +70,17 @@ impl ReauthRequired {
     }
 
     /// The server's `error_description`, if any.
-    pub fn error_description(&self) -> Option<&str> {
+    pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
     }
 
     /// The server's `error_uri`, if any.
-    pub fn error_uri(&self) -> Option<&str> {
+    pub fn uri(&self) -> Option<&str> {
         self.uri.as_deref()
     }
 
     /// The token endpoint's host, if known.
-    pub fn endpoint_host(&self) -> Option<&str> {
+    pub fn host(&self) -> Option<&str> {
         self.host.as_deref()
     }
 }
@@ -117,9 +119,11 @@ pub enum TransientKind {
     InvalidResponse,
     /// The token endpoint's answer was larger than the grant reads.
     ResponseTooLarge,
-    /// The refresh task panicked.
+    /// The refresh task panicked before it reported an outcome: a bug in the source, most
+    /// likely.
     Aborted,
-    /// The refresh was cancelled: the tokio runtime that ran it shut down.
+    /// The refresh was cancelled: the tokio runtime that ran it shut down before it
+    /// reported an outcome.
     RuntimeShutdown,
 }
 
@@ -156,9 +160,11 @@ impl fmt::Display for TransientKind {
 /// use std::time::Duration;
 /// use oauth_refresh::{TransientError, TransientKind};
 ///
-/// let err = TransientError::new(TransientKind::RateLimited).retry_after(Duration::from_secs(5));
+/// let err = TransientError::new(TransientKind::RateLimited)
+///     .with_retry_after(Duration::from_secs(5));
 /// assert_eq!(err.kind(), TransientKind::RateLimited);
-/// assert_eq!(err.retry_after_hint(), Some(Duration::from_secs(5)));
+/// assert_eq!(err.retry_after(), Some(Duration::from_secs(5)));
+/// assert!(err.is_resend_safe());
 /// ```
 #[derive(Clone, Debug)]
 pub struct TransientError {
@@ -182,7 +188,7 @@ impl TransientError {
     }
 
     /// The server's `Retry-After`: the cell will not call the source again before it.
-    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
         self.retry_after = Some(retry_after);
         self
     }
@@ -190,7 +196,7 @@ impl TransientError {
     /// Says whether the same token request may be sent again within this refresh. A
     /// `refresh_token` grant whose request may have reached the server sets `false`: resending
     /// a rotated refresh token can trip the server's reuse detection.
-    pub fn resend_safe(mut self, resend_safe: bool) -> Self {
+    pub fn with_resend_safe(mut self, resend_safe: bool) -> Self {
         self.resend_safe = resend_safe;
         self
     }
@@ -202,14 +208,17 @@ impl TransientError {
     }
 
     /// A refresh token the failed answer carried all the same. The cell keeps it, since the
-    /// server may have rotated the old one away.
+    /// server may have rotated the old one away, and hands it to the persistence hook; it
+    /// takes it out of the error first, so that it does not travel to every waiter.
     pub fn with_refresh_token(mut self, refresh_token: RefreshToken) -> Self {
         self.refresh_token = Some(refresh_token);
         self
     }
 
-    /// The refresh token the failed answer carried, if any.
-    pub fn received_refresh_token(&self) -> Option<&RefreshToken> {
+    /// The refresh token the failed answer carried, if any. Crate-private: the cell takes it
+    /// out before the error reaches any caller.
+    #[cfg_attr(not(any(test, fuzzing)), allow(dead_code))]
+    pub(crate) fn received_refresh_token(&self) -> Option<&RefreshToken> {
         self.refresh_token.as_ref()
     }
 
@@ -231,8 +240,8 @@ impl TransientError {
         self.kind
     }
 
-    /// The server's retry hint, if any.
-    pub fn retry_after_hint(&self) -> Option<Duration> {
+    /// The server's retry hint (`Retry-After`), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
 
@@ -258,32 +267,71 @@ impl Error for TransientError {
     }
 }
 
-/// The token endpoint refused the client itself (`invalid_client`, `unauthorized_client`,
-/// `invalid_scope`, ...): permanent until the configuration changes, and no sign-in fixes it.
+/// The client is misconfigured: permanent until the configuration changes, and no sign-in
+/// fixes it.
+///
+/// Either the token endpoint refused the client itself ([`new`](Self::new): `invalid_client`,
+/// `unauthorized_client`, `invalid_scope`, ...), or the client found the problem on its own
+/// side before or without any refusal ([`local`](Self::local): a token URL that does not
+/// parse, plain `http://` refused, no HTTP client).
 ///
 /// ```
 /// use oauth_refresh::ConfigurationError;
 ///
-/// let err = ConfigurationError::new("invalid_client");
-/// assert_eq!(err.error(), "invalid_client");
+/// let refused = ConfigurationError::new("invalid_client").with_description("unknown client");
+/// assert_eq!(refused.error(), "invalid_client");
+/// assert_eq!(
+///     refused.to_string(),
+///     "the token endpoint refused the client (invalid_client: unknown client); \
+///      check the client configuration"
+/// );
+///
+/// let local = ConfigurationError::local("invalid_token_url")
+///     .with_description("the token URL could not be parsed: relative URL without a base");
+/// assert_eq!(local.error(), "invalid_token_url");
+/// assert!(local.to_string().starts_with("cannot refresh the token (invalid_token_url: "));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigurationError {
     error: String,
     description: Option<String>,
+    /// Found by the client, not a refusal by the server: the message must not blame the
+    /// token endpoint.
+    local: bool,
 }
 
 impl ConfigurationError {
-    /// A refusal with the OAuth `error` code the server sent, or a short code of the source's.
+    /// A refusal by the token endpoint, with the OAuth `error` code it sent, e.g.
+    /// `"invalid_client"`.
     pub fn new(error: impl Into<String>) -> Self {
         ConfigurationError {
             error: error.into(),
             description: None,
+            local: false,
+        }
+    }
+
+    /// A problem found on the client's side, not a refusal by the server, with a short code
+    /// of the source's own, e.g. `"invalid_token_url"`.
+    ///
+    /// ```
+    /// use oauth_refresh::ConfigurationError;
+    ///
+    /// let err = ConfigurationError::local("http_client").with_description("no HTTP client");
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "cannot refresh the token (http_client: no HTTP client); check the configuration"
+    /// );
+    /// ```
+    pub fn local(error: impl Into<String>) -> Self {
+        ConfigurationError {
+            local: true,
+            ..ConfigurationError::new(error)
         }
     }
 
     /// Sets a description (the server's `error_description`, or the source's own words).
-    pub fn description(mut self, description: impl Into<String>) -> Self {
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
     }
@@ -294,18 +342,24 @@ impl ConfigurationError {
     }
 
     /// The description, if any.
-    pub fn error_description(&self) -> Option<&str> {
+    pub fn description(&self) -> Option<&str> {
         self.description.as_deref()
     }
 }
 
 impl fmt::Display for ConfigurationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the token endpoint refused the client ({}", self.error)?;
+        match self.local {
+            true => write!(f, "cannot refresh the token ({}", self.error)?,
+            false => write!(f, "the token endpoint refused the client ({}", self.error)?,
+        }
         if let Some(description) = &self.description {
             write!(f, ": {description}")?;
         }
-        f.write_str("); check the client configuration")
+        match self.local {
+            true => f.write_str("); check the configuration"),
+            false => f.write_str("); check the client configuration"),
+        }
     }
 }
 
@@ -316,6 +370,20 @@ impl Error for ConfigurationError {}
 ///
 /// Through a tower stack each variant arrives as its own struct inside the `BoxError`, so
 /// `err.downcast_ref::<ReauthRequired>()` works.
+///
+/// It is transparent: its `Display` is the variant's, and its `source()` the variant's own
+/// source, so a walk down the chain (`anyhow`'s `{:#}`, a loop over `source()`) prints each
+/// message once.
+///
+/// ```
+/// use std::error::Error;
+/// use oauth_refresh::{RefreshError, TransientError, TransientKind};
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let err = RefreshError::from(TransientError::new(TransientKind::Network).with_source(io));
+/// assert_eq!(err.to_string(), "token refresh failed for now: the token endpoint could not be reached");
+/// assert_eq!(err.source().unwrap().to_string(), "connection refused");
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum RefreshError {
@@ -364,12 +432,13 @@ impl fmt::Display for RefreshError {
     }
 }
 
+/// Transparent: the variant's Display is this error's, so the chain skips the variant.
 impl Error for RefreshError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            RefreshError::Reauth(e) => Some(e),
-            RefreshError::Transient(e) => Some(e),
-            RefreshError::Configuration(e) => Some(e),
+            RefreshError::Reauth(e) => e.source(),
+            RefreshError::Transient(e) => e.source(),
+            RefreshError::Configuration(e) => e.source(),
         }
     }
 }
@@ -453,15 +522,52 @@ mod tests {
     #[test]
     fn reauth_required_says_a_sign_in_is_needed() {
         let err = ReauthRequired::new("invalid_grant")
-            .description("Token is revoked")
-            .uri("https://docs.example.com/errors")
-            .host("login.example.com");
+            .with_description("Token is revoked")
+            .with_uri("https://docs.example.com/errors")
+            .with_host("login.example.com");
         assert_eq!(
             err.to_string(),
             "the authorization server at login.example.com refused to refresh the token \
              (invalid_grant: Token is revoked); the user must sign in again"
         );
-        assert_eq!(err.error_uri(), Some("https://docs.example.com/errors"));
+        assert_eq!(err.uri(), Some("https://docs.example.com/errors"));
+        assert_eq!(err.description(), Some("Token is revoked"));
+        assert_eq!(err.host(), Some("login.example.com"));
+    }
+
+    #[test]
+    fn a_refusal_blames_the_token_endpoint_and_a_local_problem_does_not() {
+        let refused = ConfigurationError::new("invalid_client").with_description("unknown client");
+        assert_eq!(
+            refused.to_string(),
+            "the token endpoint refused the client (invalid_client: unknown client); \
+             check the client configuration"
+        );
+        let local = ConfigurationError::local("invalid_token_url")
+            .with_description("the token URL could not be parsed: empty host");
+        assert_eq!(
+            local.to_string(),
+            "cannot refresh the token (invalid_token_url: the token URL could not be parsed: \
+             empty host); check the configuration"
+        );
+        assert_eq!(
+            ConfigurationError::local("http_client").to_string(),
+            "cannot refresh the token (http_client); check the configuration"
+        );
+        assert_ne!(ConfigurationError::new("x"), ConfigurationError::local("x"));
+    }
+
+    #[test]
+    fn a_panic_and_a_runtime_shutdown_are_told_apart() {
+        assert_eq!(
+            TransientError::new(TransientKind::Aborted).to_string(),
+            "token refresh failed for now: the refresh task panicked"
+        );
+        assert_eq!(
+            TransientError::new(TransientKind::RuntimeShutdown).to_string(),
+            "token refresh failed for now: the refresh was cancelled: the tokio runtime that \
+             ran it shut down"
+        );
     }
 
     #[test]
@@ -469,6 +575,43 @@ mod tests {
         let boxed = RefreshError::from(ReauthRequired::new("invalid_grant")).into_box();
         let err = boxed.downcast_ref::<ReauthRequired>().expect("downcast");
         assert_eq!(err.error(), "invalid_grant");
+    }
+
+    /// Every message down `err`'s source chain, `err`'s own first.
+    fn chain(err: &(dyn Error + 'static)) -> Vec<String> {
+        let mut messages = Vec::new();
+        let mut next = Some(err);
+        while let Some(err) = next {
+            messages.push(err.to_string());
+            next = err.source();
+        }
+        messages
+    }
+
+    #[test]
+    fn a_refresh_error_chain_prints_each_message_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = RefreshError::from(TransientError::new(TransientKind::Network).with_source(io));
+        let messages = chain(&err);
+        for (i, message) in messages.iter().enumerate() {
+            assert!(
+                !messages[..i].contains(message),
+                "{message:?} twice in {messages:?}"
+            );
+        }
+        assert_eq!(
+            messages,
+            [
+                "token refresh failed for now: the token endpoint could not be reached",
+                "connection refused",
+            ]
+        );
+        for err in [
+            RefreshError::from(ReauthRequired::new("invalid_grant")),
+            RefreshError::from(ConfigurationError::new("invalid_client")),
+        ] {
+            assert_eq!(chain(&err).len(), 1, "{err}");
+        }
     }
 
     #[test]

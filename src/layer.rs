@@ -40,23 +40,16 @@ use crate::token::TokenSet;
 ///
 /// ```
 /// use std::time::Duration;
-/// use oauth_refresh::{AccessToken, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet, TokenSource};
+/// use oauth_refresh::{AccessToken, RefreshLayer, TokenSet, source_fn};
 /// use http_body_util::BodyExt;
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
-/// # struct Static;
-/// # impl TokenSource for Static {
-/// #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
-/// #         Box::pin(async {
-/// #             let mut set = TokenSet::new(AccessToken::new("at-1"));
-/// #             set.expires_in = Some(Duration::from_secs(3600));
-/// #             Ok(set)
-/// #         })
-/// #     }
-/// # }
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tower::BoxError> {
-/// let layer = RefreshLayer::builder(Static)
+/// let source = source_fn(|_request| async {
+///     Ok(TokenSet::new(AccessToken::new("at-1")).with_expires_in(Duration::from_secs(3600)))
+/// });
+/// let layer = RefreshLayer::builder(source)
 ///     .refresh_ahead(Duration::from_secs(60))
 ///     .build();
 /// let api = tower::service_fn(|request: http::Request<String>| async move {

@@ -80,9 +80,7 @@
 //! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
 //! #         let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
 //! #         Box::pin(async move {
-//! #             let mut tokens = TokenSet::new(AccessToken::new(format!("at-{n}")));
-//! #             tokens.expires_in = Some(Duration::from_secs(60));
-//! #             Ok(tokens)
+//! #             Ok(TokenSet::new(AccessToken::new(format!("at-{n}"))).with_expires_in(Duration::from_secs(60)))
 //! #         })
 //! #     }
 //! # }
@@ -170,9 +168,7 @@
 //! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
 //! #         let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
 //! #         Box::pin(async move {
-//! #             let mut tokens = TokenSet::new(AccessToken::new(format!("at-{n}")));
-//! #             tokens.expires_in = Some(Duration::from_secs(3600));
-//! #             Ok(tokens)
+//! #             Ok(TokenSet::new(AccessToken::new(format!("at-{n}"))).with_expires_in(Duration::from_secs(3600)))
 //! #         })
 //! #     }
 //! # }
@@ -257,7 +253,7 @@
 //! let expired = SystemTime::now() - Duration::from_secs(1);
 //! let hook = store.clone();
 //! let grant = RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", stored)
-//!     .access_token("at-1", expired) // the stored access token, if any, and its expiry
+//!     .initial_access_token("at-1", expired) // the stored access token, if any, and its expiry
 //!     .persist(move |update| {
 //!         let store = hook.clone();
 //!         async move { store.save(update).await }
@@ -284,17 +280,11 @@
 //! The tower service's error is a `BoxError`; refresh failures arrive as the crate's own
 //! types, reached with `downcast_ref`: [`ReauthRequired`] (sign in again),
 //! [`TransientError`] (the token endpoint failed for now; retry later), [`ConfigurationError`]
-//! (the client is refused, e.g. `invalid_client`), and [`InsecureTransport`].
+//! (the client is refused, e.g. `invalid_client`, or misconfigured, e.g. a token URL that does
+//! not parse), and [`InsecureTransport`].
 //!
 //! ```
-//! use oauth_refresh::{AccessToken, ReauthRequired, RefreshLayer, RefreshToken, TokenSet, TransientError};
-//! # use oauth_refresh::{BoxFuture, RefreshError, TokenRequest, TokenSource};
-//! # struct Revoked;
-//! # impl TokenSource for Revoked {
-//! #     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
-//! #         Box::pin(async { Err(ReauthRequired::new("invalid_grant").host("login.example.com").into()) })
-//! #     }
-//! # }
+//! use oauth_refresh::{AccessToken, ReauthRequired, RefreshLayer, TokenSet, TransientError};
 //!
 //! enum Next {
 //!     SignIn,
@@ -317,19 +307,21 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
+//! # let revoked = oauth_refresh::source_fn(|_| async {
+//! #     Err(ReauthRequired::new("invalid_grant").with_host("login.example.com").into())
+//! # });
 //! # let api = tower::service_fn(|_: http::Request<String>| async move {
 //! #     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
 //! # });
 //! # use tower::ServiceExt;
-//! let layer = RefreshLayer::new(Revoked);
+//! let layer = RefreshLayer::new(revoked);
 //! let service = tower::ServiceBuilder::new().layer(layer.clone()).service(api);
 //!
 //! let err = service.clone().oneshot(http::Request::new(String::new())).await.unwrap_err();
 //! assert!(matches!(next_step(&err), Next::SignIn));
 //!
 //! // After a new sign-in (`oauth::AuthorizationCode`), hand its tokens to the layer.
-//! let mut tokens = TokenSet::new(AccessToken::new("at-new"));
-//! tokens.refresh_token = Some(RefreshToken::new("rt-new"));
+//! let tokens = TokenSet::new(AccessToken::new("at-new")).with_refresh_token("rt-new");
 //! layer.set_tokens(tokens).unwrap();
 //! let response = service.oneshot(http::Request::new(String::new())).await.unwrap();
 //! assert_eq!(response.status(), 200);
@@ -432,7 +424,7 @@ pub use layer::{RefreshLayer, RefreshLayerBuilder};
 pub use oauth::{ClientCredentials, RefreshTokenGrant};
 pub use persist::TokenUpdate;
 pub use service::Refresh;
-pub use source::{BoxFuture, TokenRequest, TokenSource};
+pub use source::{BoxFuture, SourceFn, TokenRequest, TokenSource, source_fn};
 pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
 
 /// The error type of the tower service: refresh errors and the inner service's own.

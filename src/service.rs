@@ -59,6 +59,33 @@ impl<S> Refresh<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// The wrapped service, mutably. A change reaches the requests called afterwards: a
+    /// request already in flight holds its own clone, for its resend.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the middleware, returning the wrapped service.
+    ///
+    /// ```
+    /// use oauth_refresh::{ClientCredentials, RefreshLayer};
+    /// use tower::Layer;
+    ///
+    /// #[derive(Debug, PartialEq)]
+    /// struct Api {
+    ///     base: &'static str,
+    /// }
+    ///
+    /// let layer = RefreshLayer::new(ClientCredentials::new("https://login.example.com/token", "svc", "s3cr3t"));
+    /// let mut service = layer.layer(Api { base: "https://api.example.com" });
+    /// assert_eq!(service.get_ref().base, "https://api.example.com");
+    /// service.get_mut().base = "https://eu.api.example.com";
+    /// assert_eq!(service.into_inner(), Api { base: "https://eu.api.example.com" });
+    /// ```
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: Clone> Clone for Refresh<S> {

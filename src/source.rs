@@ -34,6 +34,8 @@ pub struct TokenRequest {
 /// The cell calls it from a task of its own, one call at a time per token cell; retries,
 /// timeouts, rotation and scheduling are the cell's work, not the source's.
 ///
+/// A closure can be a source too: see [`source_fn`].
+///
 /// ```
 /// use std::time::Duration;
 /// use oauth_refresh::{AccessToken, BoxFuture, RefreshError, TokenRequest, TokenSet, TokenSource};
@@ -44,9 +46,7 @@ pub struct TokenRequest {
 /// impl TokenSource for Static {
 ///     fn fetch(&self, _request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
 ///         Box::pin(async {
-///             let mut set = TokenSet::new(AccessToken::new("at-1"));
-///             set.expires_in = Some(Duration::from_secs(3600));
-///             Ok(set)
+///             Ok(TokenSet::new(AccessToken::new("at-1")).with_expires_in(Duration::from_secs(3600)))
 ///         })
 ///     }
 /// }
@@ -94,6 +94,78 @@ pub trait TokenSource: Send + Sync + 'static {
     }
 }
 
+/// Makes a [`TokenSource`] of a closure, as `tower::service_fn` makes a service of one: each
+/// token request calls `f` with the cell's [`TokenRequest`] and awaits the future it returns.
+///
+/// The source has the trait's defaults for everything but [`fetch`](TokenSource::fetch): grant
+/// `"custom"`, no host, no initial tokens, nothing persisted. Implement [`TokenSource`] for a
+/// type of your own when you need those.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::time::Duration;
+/// use oauth_refresh::{AccessToken, RefreshLayer, TokenSet, source_fn};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tower::BoxError> {
+/// let issued = Arc::new(AtomicUsize::new(0));
+/// let counter = issued.clone();
+/// let layer = RefreshLayer::new(source_fn(move |_request| {
+///     let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+///     async move {
+///         Ok(TokenSet::new(AccessToken::new(format!("at-{n}"))).with_expires_in(Duration::from_secs(3600)))
+///     }
+/// }));
+///
+/// layer.refresh().await?; // at-1
+/// layer.refresh().await?; // at-2
+/// assert_eq!(issued.load(Ordering::SeqCst), 2);
+///
+/// // Requests carry the newest token.
+/// let api = tower::service_fn(|request: http::Request<String>| async move {
+///     assert_eq!(request.headers()["authorization"], "Bearer at-2");
+///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+/// });
+/// let service = ServiceBuilder::new().layer(layer.clone()).service(api);
+/// service.oneshot(http::Request::new(String::new())).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub fn source_fn<F, Fut>(f: F) -> SourceFn<F>
+where
+    F: Fn(TokenRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<TokenSet, RefreshError>> + Send + 'static,
+{
+    SourceFn { f }
+}
+
+/// A [`TokenSource`] made of a closure by [`source_fn`].
+#[derive(Clone, Copy)]
+pub struct SourceFn<F> {
+    f: F,
+}
+
+impl<F, Fut> TokenSource for SourceFn<F>
+where
+    F: Fn(TokenRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<TokenSet, RefreshError>> + Send + 'static,
+{
+    fn fetch(&self, request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+        Box::pin((self.f)(request))
+    }
+}
+
+/// Names the closure's type, never what it captured.
+impl<F> fmt::Debug for SourceFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceFn")
+            .field("f", &format_args!("{}", std::any::type_name::<F>()))
+            .finish()
+    }
+}
+
 impl fmt::Debug for dyn TokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenSource")
@@ -109,6 +181,40 @@ fn _obj_safe(_: &dyn TokenSource) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::AccessToken;
+
+    #[tokio::test]
+    async fn source_fn_hands_the_request_to_the_closure() {
+        let source: Box<dyn TokenSource> =
+            Box::new(source_fn(|request: TokenRequest| async move {
+                let presented = request.refresh_token.map(|t| t.secret().to_owned());
+                let access_token =
+                    format!("at-{}-{}", request.attempt, presented.unwrap_or_default());
+                Ok(TokenSet::new(AccessToken::new(access_token)))
+            }));
+        let request = TokenRequest {
+            refresh_token: Some(RefreshToken::new("rt-1")),
+            attempt: 3,
+        };
+        let tokens = source.fetch(request).await.unwrap();
+        assert_eq!(tokens.access_token.secret(), "at-3-rt-1");
+        assert_eq!(source.grant(), "custom");
+        assert!(source.initial_tokens().is_none());
+    }
+
+    #[test]
+    fn source_fn_debug_shows_nothing_the_closure_captured() {
+        let captured = String::from("s3cr3t-captured");
+        let source = source_fn(move |_| {
+            let access_token = captured.clone();
+            async move { Ok(TokenSet::new(AccessToken::new(access_token))) }
+        });
+        let copy = source.clone();
+        let printed = format!("{copy:?} {copy:#?}");
+        assert!(printed.starts_with("SourceFn"), "{printed}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        drop(source);
+    }
 
     #[test]
     fn token_request_debug_hides_the_refresh_token() {

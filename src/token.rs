@@ -112,9 +112,10 @@ secret_type!(
 /// use std::time::Duration;
 /// use oauth_refresh::{AccessToken, RefreshToken, TokenSet};
 ///
-/// let mut set = TokenSet::new(AccessToken::new("at-1"));
-/// set.expires_in = Some(Duration::from_secs(3600));
-/// set.refresh_token = Some(RefreshToken::new("rt-1"));
+/// let set = TokenSet::new(AccessToken::new("at-1"))
+///     .with_refresh_token("rt-1")
+///     .with_expires_in(Duration::from_secs(3600));
+/// assert_eq!(set.refresh_token.as_ref().map(RefreshToken::secret), Some("rt-1"));
 /// assert!(!format!("{set:?}").contains("at-1"));
 /// ```
 #[derive(Clone, Debug)]
@@ -142,6 +143,47 @@ impl TokenSet {
             scope: None,
         }
     }
+
+    /// Sets the refresh token, new or rotated.
+    ///
+    /// ```
+    /// use oauth_refresh::{AccessToken, TokenSet};
+    ///
+    /// let set = TokenSet::new(AccessToken::new("at-1")).with_refresh_token("rt-1");
+    /// assert_eq!(set.refresh_token.unwrap().secret(), "rt-1");
+    /// ```
+    pub fn with_refresh_token(mut self, refresh_token: impl Into<RefreshToken>) -> Self {
+        self.refresh_token = Some(refresh_token.into());
+        self
+    }
+
+    /// Sets the lifetime, counted from the moment the token request was sent.
+    /// `Duration::ZERO` means already expired.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use oauth_refresh::{AccessToken, TokenSet};
+    ///
+    /// let set = TokenSet::new(AccessToken::new("at-1")).with_expires_in(Duration::from_secs(3600));
+    /// assert_eq!(set.expires_in, Some(Duration::from_secs(3600)));
+    /// ```
+    pub fn with_expires_in(mut self, expires_in: Duration) -> Self {
+        self.expires_in = Some(expires_in);
+        self
+    }
+
+    /// Sets the scope the server granted, space-separated as OAuth sends it.
+    ///
+    /// ```
+    /// use oauth_refresh::{AccessToken, TokenSet};
+    ///
+    /// let set = TokenSet::new(AccessToken::new("at-1")).with_scope("api:read api:write");
+    /// assert_eq!(set.scope.as_deref(), Some("api:read api:write"));
+    /// ```
+    pub fn with_scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
 }
 
 #[cfg(test)]
@@ -167,9 +209,9 @@ mod tests {
 
     #[test]
     fn token_set_is_redacted_in_debug() {
-        let mut set = TokenSet::new(AccessToken::new("s3cr3t-access"));
-        set.refresh_token = Some(RefreshToken::new("s3cr3t-refresh"));
-        set.scope = Some("api:read".into());
+        let set = TokenSet::new(AccessToken::new("s3cr3t-access"))
+            .with_refresh_token("s3cr3t-refresh")
+            .with_scope("api:read");
         let printed = format!("{set:?}");
         assert!(!printed.contains("s3cr3t"), "{printed}");
         assert!(printed.contains("api:read"));

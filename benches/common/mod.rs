@@ -28,9 +28,8 @@ pub struct InMemory;
 impl TokenSource for InMemory {
     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
         Box::pin(async {
-            let mut tokens = TokenSet::new(AccessToken::new(ACCESS_TOKEN));
-            tokens.expires_in = Some(Duration::from_secs(3600));
-            Ok(tokens)
+            Ok(TokenSet::new(AccessToken::new(ACCESS_TOKEN))
+                .with_expires_in(Duration::from_secs(3600)))
         })
     }
 }

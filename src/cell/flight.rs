@@ -125,14 +125,14 @@ impl TokenCell {
                 Ok(Err(error)) => error,
                 Err(_elapsed) => {
                     return Err(TransientError::new(TransientKind::Timeout)
-                        .resend_safe(false)
+                        .with_resend_safe(false)
                         .into());
                 }
             };
             let RefreshError::Transient(transient) = &error else {
                 return Err(error);
             };
-            let pause = schedule.backoff(attempt, transient.retry_after_hint(), fastrand::f64());
+            let pause = schedule.backoff(attempt, transient.retry_after(), fastrand::f64());
             if !transient.is_resend_safe()
                 || attempt >= schedule.max_attempts
                 || after(Instant::now(), pause) >= deadline
@@ -351,8 +351,8 @@ fn bearer_header(access_token: &AccessToken) -> Result<HeaderValue, RefreshError
 }
 
 fn no_runtime() -> RefreshError {
-    ConfigurationError::new("no_tokio_runtime")
-        .description(
+    ConfigurationError::local("no_tokio_runtime")
+        .with_description(
             "the refresh runs as a tokio task, and no tokio runtime is running here; \
              call from within one (or enter one with `Handle::enter`)",
         )

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use url::Url;
 
-use super::endpoint::{Endpoint, check_transport};
+use super::endpoint::{Endpoint, ParamNames, UrlForDebug, check_transport};
 use super::refresh_token::RefreshTokenGrant;
 use crate::error::{ConfigurationError, RefreshError};
 use crate::token::ClientSecret;
@@ -53,7 +53,7 @@ use crate::token::ClientSecret;
 /// # }
 /// # let _ = sign_in;
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AuthorizationCode {
     authorization_url: Result<Url, String>,
     endpoint: Endpoint,
@@ -92,7 +92,8 @@ impl AuthorizationCode {
         self
     }
 
-    /// Adds a parameter to the authorization URL, such as `prompt` or `audience`.
+    /// Adds a parameter to the authorization URL, such as `prompt` or `audience`. `Debug`
+    /// shows its name, never its value.
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.params.push((name.into(), value.into()));
         self
@@ -106,15 +107,15 @@ impl AuthorizationCode {
     /// other than loopback, or if the system's random source fails.
     pub fn start(&self) -> Result<PendingAuthorization, ConfigurationError> {
         let mut url = self.authorization_url.clone().map_err(|reason| {
-            ConfigurationError::new("invalid_authorization_url").description(format!(
+            ConfigurationError::local("invalid_authorization_url").with_description(format!(
                 "the authorization URL could not be parsed: {reason}"
             ))
         })?;
         check_transport(&url, self.endpoint.allow_insecure_http)?;
         self.endpoint.checked_url()?;
         let redirect_uri = Url::parse(&self.redirect_uri).map_err(|e| {
-            ConfigurationError::new("invalid_redirect_uri")
-                .description(format!("the redirect URI could not be parsed: {e}"))
+            ConfigurationError::local("invalid_redirect_uri")
+                .with_description(format!("the redirect URI could not be parsed: {e}"))
         })?;
         let verifier = random_base64url::<32>()?;
         let state = random_base64url::<16>()?;
@@ -143,6 +144,18 @@ impl AuthorizationCode {
             redirect_uri,
             endpoint: self.endpoint.clone(),
         })
+    }
+}
+
+impl fmt::Debug for AuthorizationCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthorizationCode")
+            .field("authorization_url", &UrlForDebug(&self.authorization_url))
+            .field("endpoint", &self.endpoint)
+            .field("redirect_uri", &self.redirect_uri)
+            .field("scopes", &self.scopes)
+            .field("params", &ParamNames(&self.params))
+            .finish()
     }
 }
 
@@ -258,8 +271,8 @@ impl fmt::Debug for PendingAuthorization {
 fn random_base64url<const N: usize>() -> Result<String, ConfigurationError> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|error| {
-        ConfigurationError::new("random_source")
-            .description(format!("the system's random source failed: {error}"))
+        ConfigurationError::local("random_source")
+            .with_description(format!("the system's random source failed: {error}"))
     })?;
     Ok(BASE64URL.encode(bytes))
 }
@@ -282,7 +295,9 @@ pub enum AuthorizationError {
     },
     /// The callback carried neither a code nor an error.
     MissingCode,
-    /// The token endpoint refused the code, or could not be reached.
+    /// The token endpoint refused the code, or could not be reached. The message includes
+    /// the refresh error's; `source()` goes on from that error's own source, so no message
+    /// shows twice down the chain.
     Token(RefreshError),
 }
 
@@ -311,7 +326,8 @@ impl fmt::Display for AuthorizationError {
 impl Error for AuthorizationError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            AuthorizationError::Token(error) => Some(error),
+            // Its message is already in ours.
+            AuthorizationError::Token(error) => error.source(),
             _ => None,
         }
     }
@@ -410,11 +426,53 @@ mod tests {
     }
 
     #[test]
+    fn debug_shows_authorization_parameters_by_name_only() {
+        let sign_in = AuthorizationCode::new(
+            "https://login.example.com/authorize?tenant=t1",
+            "https://login.example.com/token",
+            "my app",
+            "http://127.0.0.1:8765/callback",
+        )
+        .client_secret("cs-s3cr3t")
+        .param("request", "eyJhbGciOiJSUzI1NiJ9.req-s3cr3t.sig");
+        for printed in [format!("{sign_in:?}"), format!("{sign_in:#?}")] {
+            assert!(!printed.contains("s3cr3t"), "{printed}");
+            assert!(printed.contains("\"request\""), "{printed}");
+        }
+    }
+
+    #[test]
     fn debug_hides_the_verifier_and_state() {
         let pending = pending();
         let printed = format!("{pending:?}");
         assert!(!printed.contains(pending.verifier.secret()), "{printed}");
         assert!(!printed.contains(pending.state()), "{printed}");
+    }
+
+    #[test]
+    fn a_failed_exchange_prints_each_message_once_down_its_chain() {
+        use crate::error::{TransientError, TransientKind};
+
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = AuthorizationError::Token(
+            TransientError::new(TransientKind::Network)
+                .with_source(io)
+                .into(),
+        );
+        let mut messages = Vec::new();
+        let mut next: Option<&(dyn Error + 'static)> = Some(&err);
+        while let Some(err) = next {
+            messages.push(err.to_string());
+            next = err.source();
+        }
+        assert_eq!(
+            messages,
+            [
+                "redeeming the code failed: token refresh failed for now: the token endpoint \
+                 could not be reached",
+                "connection refused",
+            ]
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The client credentials grant (RFC 6749 §4.4): a service's own token, no user involved.
 
-use super::endpoint::Endpoint;
+use std::fmt;
+
+use super::endpoint::{Endpoint, ParamNames};
 use crate::error::RefreshError;
 use crate::source::{BoxFuture, TokenRequest, TokenSource};
 use crate::token::{ClientSecret, TokenSet};
@@ -20,7 +22,7 @@ use crate::token::{ClientSecret, TokenSet};
 /// let layer = RefreshLayer::new(grant);
 /// # drop(layer);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientCredentials {
     endpoint: Endpoint,
     scopes: Vec<String>,
@@ -53,7 +55,8 @@ impl ClientCredentials {
         self
     }
 
-    /// Sets the `audience` parameter (Auth0, Okta and others name the API this way).
+    /// Adds an `audience` parameter (Auth0, Okta and others name the API this way); may be
+    /// given more than once, like [`resource`](Self::resource).
     pub fn audience(self, audience: impl Into<String>) -> Self {
         self.param("audience", audience)
     }
@@ -63,7 +66,8 @@ impl ClientCredentials {
         self.param("resource", resource)
     }
 
-    /// Adds any other form parameter to the token request.
+    /// Adds any other form parameter to the token request, such as a `client_assertion`.
+    /// `Debug` shows its name, never its value.
     pub fn param(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.params.push((name.into(), value.into()));
         self
@@ -91,5 +95,39 @@ impl TokenSource for ClientCredentials {
 
     fn host(&self) -> Option<&str> {
         self.endpoint.host()
+    }
+}
+
+impl fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("endpoint", &self.endpoint)
+            .field("scopes", &self.scopes)
+            .field("params", &ParamNames(&self.params))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_extra_parameters_by_name_only() {
+        let grant = ClientCredentials::new("https://login.example.com/token", "svc", "cs-s3cr3t")
+            .scope("api:read")
+            .audience("https://api.example.com")
+            .param("client_assertion", "eyJhbGciOiJSUzI1NiJ9.ca-s3cr3t.sig")
+            .param(
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            );
+        for printed in [format!("{grant:?}"), format!("{grant:#?}")] {
+            assert!(!printed.contains("s3cr3t"), "{printed}");
+            assert!(!printed.contains("eyJhbGciOiJSUzI1NiJ9"), "{printed}");
+            assert!(printed.contains("client_assertion"), "{printed}");
+            assert!(printed.contains("audience"), "{printed}");
+            assert!(printed.contains("api:read"), "{printed}");
+        }
     }
 }

@@ -76,8 +76,8 @@ async fn fetch_metadata(
     client: Option<Arc<dyn HttpClient>>,
 ) -> Result<ServerMetadata, RefreshError> {
     let issuer_url = Url::parse(issuer).map_err(|e| {
-        ConfigurationError::new("invalid_issuer")
-            .description(format!("the issuer URL could not be parsed: {e}"))
+        ConfigurationError::local("invalid_issuer")
+            .with_description(format!("the issuer URL could not be parsed: {e}"))
     })?;
     // Metadata fetched in clear text could point the client's secrets anywhere.
     check_transport(&issuer_url, false)?;
@@ -89,7 +89,9 @@ async fn fetch_metadata(
             .uri(url.as_str())
             .header(header::ACCEPT, "application/json")
             .body(Bytes::new())
-            .map_err(|e| ConfigurationError::new("invalid_issuer").description(e.to_string()))?;
+            .map_err(|e| {
+                ConfigurationError::local("invalid_issuer").with_description(e.to_string())
+            })?;
         let (head, body) = client.send(request).await?.into_parts();
         match head.status {
             StatusCode::OK => {
@@ -100,15 +102,16 @@ async fn fetch_metadata(
             status if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
                 return Err(
                     TransientError::new(TransientKind::ServerError(status.as_u16()))
-                        .with_source(format!("the metadata endpoint answered {status}"))
+                        // The kind names the status; the reason says which endpoint it was.
+                        .with_source("the answer came from the metadata endpoint, during discovery")
                         .into(),
                 );
             }
             status => last_status = Some(status),
         }
     }
-    Err(ConfigurationError::new("metadata_not_found")
-        .description(format!(
+    Err(ConfigurationError::local("metadata_not_found")
+        .with_description(format!(
             "no authorization server metadata under {issuer} (last answer {})",
             last_status.map_or(0, |s| s.as_u16())
         ))
@@ -128,8 +131,8 @@ fn well_known_urls(issuer: &Url) -> [Url; 2] {
 
 fn metadata(issuer: &str, body: &[u8]) -> Result<ServerMetadata, RefreshError> {
     let invalid = |what: &str| -> RefreshError {
-        ConfigurationError::new("invalid_metadata")
-            .description(format!("the server's metadata {what}"))
+        ConfigurationError::local("invalid_metadata")
+            .with_description(format!("the server's metadata {what}"))
             .into()
     };
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
@@ -191,6 +194,40 @@ mod tests {
             openid.as_str(),
             "https://login.example.com/.well-known/openid-configuration"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_metadata_endpoint_is_named_once() {
+        use crate::oauth::ResponseBody;
+        use crate::source::BoxFuture;
+        use http_body_util::{BodyExt, Empty};
+
+        struct Unavailable;
+        impl HttpClient for Unavailable {
+            fn send(
+                &self,
+                _: http::Request<Bytes>,
+            ) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
+                let body = Empty::new().map_err(|never| match never {}).boxed_unsync();
+                let mut response = http::Response::new(body);
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                Box::pin(async move { Ok(response) })
+            }
+        }
+
+        let err = ServerMetadata::discover_with("https://login.example.com", Unavailable)
+            .await
+            .unwrap_err();
+        let RefreshError::Transient(transient) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(transient.kind(), TransientKind::ServerError(503));
+        let reason = std::error::Error::source(transient).unwrap().to_string();
+        assert_eq!(
+            reason,
+            "the answer came from the metadata endpoint, during discovery"
+        );
+        assert!(!reason.contains("503"), "{err}: {reason}");
     }
 
     #[test]

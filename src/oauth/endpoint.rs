@@ -96,21 +96,21 @@ impl Endpoint {
         let request = self.build(url, params)?;
         let may_resend = |error: TransientError| {
             let never_sent = error.is_resend_safe();
-            error.resend_safe(never_sent || answered_resend_safe)
+            error.with_resend_safe(never_sent || answered_resend_safe)
         };
         let exchange = async {
             let response = http.send(request).await.map_err(may_resend)?;
             let (head, body) = response.into_parts();
             let body = read_capped(&head.headers, body)
                 .await
-                .map_err(|e| e.resend_safe(answered_resend_safe))?;
+                .map_err(|e| e.with_resend_safe(answered_resend_safe))?;
             Ok::<_, TransientError>((head, body))
         };
         let (head, body) = match tokio::time::timeout(self.timeout, exchange).await {
             Ok(answer) => answer?,
             Err(_elapsed) => {
                 return Err(TransientError::new(TransientKind::Timeout)
-                    .resend_safe(answered_resend_safe)
+                    .with_resend_safe(answered_resend_safe)
                     .into());
             }
         };
@@ -126,8 +126,8 @@ impl Endpoint {
     /// The token URL, once it is known to be fit for secrets.
     pub(crate) fn checked_url(&self) -> Result<&Url, ConfigurationError> {
         let url = self.token_url.as_ref().map_err(|reason| {
-            ConfigurationError::new("invalid_token_url")
-                .description(format!("the token URL could not be parsed: {reason}"))
+            ConfigurationError::local("invalid_token_url")
+                .with_description(format!("the token URL could not be parsed: {reason}"))
         })?;
         check_transport(url, self.allow_insecure_http)?;
         Ok(url)
@@ -165,7 +165,7 @@ impl Endpoint {
             .header(header::ACCEPT, "application/json")
             .body(Bytes::from(form.finish()))
             .map_err(|error| {
-                ConfigurationError::new("invalid_token_url").description(error.to_string())
+                ConfigurationError::local("invalid_token_url").with_description(error.to_string())
             })?;
         if let Some(authorization) = authorization {
             request
@@ -179,12 +179,48 @@ impl Endpoint {
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("token_url", &self.token_url.as_ref().map(Url::as_str))
+            .field("token_url", &UrlForDebug(&self.token_url))
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// A configured URL as `Debug` shows it: without a password or query values, which may be
+/// credentials (the crate drops URLs from reqwest's errors for the same reason).
+pub(crate) struct UrlForDebug<'a>(pub(crate) &'a Result<Url, String>);
+
+impl fmt::Debug for UrlForDebug<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = match self.0 {
+            Ok(url) => url,
+            Err(reason) => return write!(f, "Err({reason:?})"),
+        };
+        let mut bare = url.clone();
+        let _ = bare.set_password(None);
+        bare.set_query(None);
+        bare.set_fragment(None);
+        let mut shown = String::from(bare.as_str());
+        for (i, (name, _value)) in url.query_pairs().enumerate() {
+            shown.push(if i == 0 { '?' } else { '&' });
+            shown.push_str(&name);
+            shown.push_str("=[redacted]");
+        }
+        fmt::Debug::fmt(&shown, f)
+    }
+}
+
+/// Extra form or query parameters as `Debug` shows them: by name only, since a value may be a
+/// credential (`client_assertion`, a signed request object).
+pub(crate) struct ParamNames<'a>(pub(crate) &'a [(String, String)]);
+
+impl fmt::Debug for ParamNames<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _value)| name))
+            .finish()
     }
 }
 
@@ -198,7 +234,7 @@ pub(crate) fn resolve_client(
     #[cfg(feature = "reqwest")]
     return super::http::default_client();
     #[cfg(not(feature = "reqwest"))]
-    return Err(ConfigurationError::new("http_client").description(
+    return Err(ConfigurationError::local("http_client").with_description(
         "no HTTP client: enable the `reqwest` feature or set one with `http_client`",
     ));
 }
@@ -217,7 +253,7 @@ pub(crate) fn check_transport(
         return Ok(());
     }
     Err(
-        ConfigurationError::new("insecure_endpoint").description(format!(
+        ConfigurationError::local("insecure_endpoint").with_description(format!(
             "refused to send credentials to {}://{host}: use https, or allow plain http explicitly",
             url.scheme()
         )),
@@ -234,7 +270,7 @@ fn basic_authorization(
         |value: &str| url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
     let credentials = format!("{}:{}", encode(client_id), encode(secret.secret()));
     let mut value = HeaderValue::try_from(format!("Basic {}", BASE64.encode(credentials)))
-        .map_err(|_| ConfigurationError::new("invalid_client_credentials"))?;
+        .map_err(|_| ConfigurationError::local("invalid_client_credentials"))?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -272,7 +308,7 @@ pub(crate) async fn read_capped(
 
 fn too_large() -> TransientError {
     TransientError::new(TransientKind::ResponseTooLarge).with_source(format!(
-        "the token endpoint's answer exceeds {} KiB",
+        "the grants read at most {} KiB",
         MAX_RESPONSE_BYTES / 1024
     ))
 }
@@ -289,6 +325,46 @@ mod tests {
         let encoded = header.to_str().unwrap().strip_prefix("Basic ").unwrap();
         let decoded = String::from_utf8(BASE64.decode(encoded).unwrap()).unwrap();
         assert_eq!(decoded, "my+client:a%3Ab%2Bc%2Fd%25e%26f%3Dg%7Eh+i");
+    }
+
+    #[test]
+    fn problems_found_here_do_not_blame_the_token_endpoint() {
+        let unparsable = Endpoint::new("not a url", "svc".into());
+        let insecure = Endpoint::new("http://login.example.com/token", "svc".into());
+        for endpoint in [unparsable, insecure] {
+            let message = endpoint.checked_url().unwrap_err().to_string();
+            assert!(
+                message.starts_with("cannot refresh the token ("),
+                "{message}"
+            );
+            assert!(!message.contains("refused the client"), "{message}");
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_password_or_query_value_of_the_token_url() {
+        let endpoint = Endpoint::new(
+            "https://svc:pw-s3cr3t@login.example.com/token?api_key=key-s3cr3t&tenant=t1",
+            "svc".into(),
+        );
+        let printed = format!("{endpoint:?}");
+        assert!(!printed.contains("s3cr3t"), "{printed}");
+        assert!(
+            printed.contains(
+                r#""https://svc@login.example.com/token?api_key=[redacted]&tenant=[redacted]""#
+            ),
+            "{printed}"
+        );
+        let unparsable = format!("{:?}", Endpoint::new("not a url", "svc".into()));
+        assert!(unparsable.contains("token_url: Err("), "{unparsable}");
+    }
+
+    #[test]
+    fn the_size_reason_does_not_repeat_its_kind() {
+        let err = too_large();
+        let reason = std::error::Error::source(&err).unwrap().to_string();
+        assert_eq!(reason, "the grants read at most 256 KiB");
+        assert!(!err.to_string().contains(&reason), "{err}");
     }
 
     #[test]

@@ -97,9 +97,11 @@ mod with_reqwest {
         });
         match client {
             Ok(client) => Ok(Arc::new(client.clone())),
-            Err(reason) => Err(ConfigurationError::new("http_client").description(format!(
-                "the default HTTP client could not be built: {reason}"
-            ))),
+            Err(reason) => Err(
+                ConfigurationError::local("http_client").with_description(format!(
+                    "the default HTTP client could not be built: {reason}"
+                )),
+            ),
         }
     }
 
@@ -132,7 +134,7 @@ mod with_reqwest {
         let never_sent = error.is_connect();
         // The URL may carry query parameters; the error's own text is enough.
         TransientError::new(kind)
-            .resend_safe(never_sent)
+            .with_resend_safe(never_sent)
             .with_source(error.without_url())
     }
 }

@@ -90,7 +90,20 @@ impl RefreshTokenGrant {
 
     /// Starts from a stored access token too, so the first request needs no refresh.
     /// `expires_at` is wall-clock time, as it was persisted; it is converted once, here.
-    pub fn access_token(
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use oauth_refresh::{RefreshLayer, RefreshTokenGrant};
+    ///
+    /// let expires_at = SystemTime::now() + Duration::from_secs(600);
+    /// let grant = RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", "rt-stored")
+    ///     .initial_access_token("at-stored", expires_at);
+    /// let layer = RefreshLayer::new(grant);
+    /// // The stored token is in use at once: no token request yet.
+    /// assert_eq!(layer.stats().refreshes, 0);
+    /// assert!(layer.stats().time_to_expiry.is_some());
+    /// ```
+    pub fn initial_access_token(
         mut self,
         access_token: impl Into<AccessToken>,
         expires_at: SystemTime,
@@ -141,9 +154,9 @@ impl TokenSource for RefreshTokenGrant {
         Box::pin(async move {
             let Some(refresh_token) = request.refresh_token else {
                 let mut error = ReauthRequired::new("missing_refresh_token")
-                    .description("no refresh token is held: the server issued none");
+                    .with_description("no refresh token is held: the server issued none");
                 if let Some(host) = self.endpoint.host() {
-                    error = error.host(host);
+                    error = error.with_host(host);
                 }
                 return Err(error.into());
             };

@@ -56,7 +56,12 @@ pub(crate) fn token_set(
             code @ 500..=599 => TransientKind::ServerError(code),
             _ => TransientKind::InvalidResponse,
         };
-        let reason = describe_unusable(status, headers, body.len(), fields.is_some());
+        let what = describe_body(headers, body.len(), fields.is_some());
+        // A 5xx kind already says the status; the reason adds only what the body was.
+        let reason = match kind {
+            TransientKind::ServerError(_) => what,
+            _ => format!("{status} with {what}"),
+        };
         return Err(transient(kind, headers, rules, refresh_token)
             .with_source(reason)
             .into());
@@ -65,7 +70,7 @@ pub(crate) fn token_set(
         && !token_type.eq_ignore_ascii_case("bearer")
     {
         let reason = format!(
-            "the token endpoint issued a token of type {:?}, not Bearer",
+            "a token of type {:?} was issued, not Bearer",
             printable(token_type, 40)
         );
         return Err(transient(
@@ -185,13 +190,13 @@ fn error_response(
     if code == "invalid_grant" || rules.reauth_codes.contains(&code) {
         let mut error = ReauthRequired::new(code);
         if let Some(description) = description {
-            error = error.description(description);
+            error = error.with_description(description);
         }
         if let Some(uri) = fields.get("error_uri").and_then(Value::as_str) {
-            error = error.uri(printable(uri, 300));
+            error = error.with_uri(printable(uri, 300));
         }
         if let Some(host) = rules.host {
-            error = error.host(host);
+            error = error.with_host(host);
         }
         return error.into();
     }
@@ -215,7 +220,7 @@ fn error_response(
         None => {
             let mut error = ConfigurationError::new(code);
             if let Some(description) = description {
-                error = error.description(description);
+                error = error.with_description(description);
             }
             error.into()
         }
@@ -228,9 +233,9 @@ fn transient(
     rules: &Rules<'_>,
     refresh_token: Option<String>,
 ) -> TransientError {
-    let mut error = TransientError::new(kind).resend_safe(rules.answered_resend_safe);
+    let mut error = TransientError::new(kind).with_resend_safe(rules.answered_resend_safe);
     if let Some(retry_after) = retry_after(headers, SystemTime::now()) {
-        error = error.retry_after(retry_after);
+        error = error.with_retry_after(retry_after);
     }
     if let Some(refresh_token) = refresh_token {
         // The answer was unusable, but the server may have rotated the refresh token all the
@@ -263,32 +268,26 @@ fn redirected(status: StatusCode, headers: &HeaderMap) -> ConfigurationError {
         Some(location) => format!(" to {location}"),
         None => String::new(),
     };
-    ConfigurationError::new("token_endpoint_redirect").description(format!(
+    ConfigurationError::local("token_endpoint_redirect").with_description(format!(
         "the token endpoint answered {status} with a redirect{to}: the token URL is wrong \
          (a missing or extra trailing slash, or http for https?); configure the URL it names"
     ))
 }
 
-/// Says what was wrong with an answer without quoting its body, which may hold secrets.
-fn describe_unusable(
-    status: StatusCode,
-    headers: &HeaderMap,
-    length: usize,
-    parsed: bool,
-) -> String {
+/// Says what was wrong with an answer's body without quoting it, since it may hold secrets.
+fn describe_body(headers: &HeaderMap, length: usize, parsed: bool) -> String {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|v| printable(v, 80));
-    let what = match (length, parsed) {
+    match (length, parsed) {
         (0, _) => "an empty body".to_owned(),
         (_, true) => "a body without an access_token".to_owned(),
         (length, false) => match content_type {
             Some(content_type) => format!("a {length}-byte {content_type} body that is not JSON"),
             None => format!("a {length}-byte body that is not JSON"),
         },
-    };
-    format!("the token endpoint answered {status} with {what}")
+    }
 }
 
 /// A server-supplied string fit for an error message: printable ASCII, at most `max` chars.
@@ -405,8 +404,8 @@ mod tests {
             panic!("{err:?}")
         };
         assert_eq!(err.error(), "invalid_grant");
-        assert_eq!(err.error_description(), Some("revoked"));
-        assert_eq!(err.endpoint_host(), Some("login.example.com"));
+        assert_eq!(err.description(), Some("revoked"));
+        assert_eq!(err.host(), Some("login.example.com"));
     }
 
     #[test]
@@ -488,6 +487,27 @@ mod tests {
             !err.is_resend_safe(),
             "a refresh that reached the server is not resent"
         );
+    }
+
+    #[test]
+    fn a_reason_does_not_repeat_what_its_kind_says() {
+        let cases = [
+            (503, "<html>down</html>"),
+            (500, ""),
+            (429, ""),
+            (200, "<html>a page</html>"),
+            (200, r#"{"access_token":"at","token_type":"DPoP"}"#),
+        ];
+        for (status, body) in cases {
+            let RefreshError::Transient(err) = parse(status, body).unwrap_err() else {
+                panic!("{status} {body}")
+            };
+            let reason = std::error::Error::source(&err).unwrap().to_string();
+            assert!(!reason.contains("token endpoint"), "{err}: {reason}");
+            if let TransientKind::ServerError(code) = err.kind() {
+                assert!(!reason.contains(&code.to_string()), "{err}: {reason}");
+            }
+        }
     }
 
     #[test]

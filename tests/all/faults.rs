@@ -279,7 +279,7 @@ impl Outcome {
     /// The crate's error inside a caller's error, reached by `downcast_ref` as users do.
     fn of_error(error: &(dyn std::error::Error + 'static)) -> Outcome {
         if let Some(e) = error.downcast_ref::<TransientError>() {
-            Outcome::Transient(e.kind(), e.retry_after_hint())
+            Outcome::Transient(e.kind(), e.retry_after())
         } else if let Some(e) = error.downcast_ref::<ReauthRequired>() {
             Outcome::Reauth(e.error().to_owned())
         } else if let Some(e) = error.downcast_ref::<ConfigurationError>() {

@@ -175,8 +175,8 @@ async fn a_stored_access_token_is_used_until_its_wall_clock_expiry() {
     let server = TokenEndpoint::start().await;
     server.push(tokens("at-2", Some("rt-2")));
     let expires_at = std::time::SystemTime::now() + Duration::from_secs(600);
-    let grant =
-        RefreshTokenGrant::new(server.url(), "app", "rt-1").access_token("at-stored", expires_at);
+    let grant = RefreshTokenGrant::new(server.url(), "app", "rt-1")
+        .initial_access_token("at-stored", expires_at);
     let layer = RefreshLayer::new(grant);
     assert_eq!(call(&layer).await.unwrap(), "hello at-stored");
     assert_eq!(
@@ -191,7 +191,8 @@ async fn a_stored_access_token_is_used_until_its_wall_clock_expiry() {
     );
 
     let expired = std::time::SystemTime::now() - Duration::from_secs(5);
-    let grant = RefreshTokenGrant::new(server.url(), "app", "rt-1").access_token("at-old", expired);
+    let grant =
+        RefreshTokenGrant::new(server.url(), "app", "rt-1").initial_access_token("at-old", expired);
     let layer = RefreshLayer::new(grant);
     assert_eq!(
         call(&layer).await.unwrap(),
@@ -317,9 +318,9 @@ async fn invalid_grant_is_reauth_required_with_the_servers_words() {
         .downcast_ref::<ReauthRequired>()
         .expect("ReauthRequired");
     assert_eq!(reauth.error(), "invalid_grant");
-    assert_eq!(reauth.error_description(), Some("Token is revoked"));
-    assert_eq!(reauth.error_uri(), Some("https://docs.example.com/e"));
-    assert_eq!(reauth.endpoint_host(), Some("127.0.0.1"));
+    assert_eq!(reauth.description(), Some("Token is revoked"));
+    assert_eq!(reauth.uri(), Some("https://docs.example.com/e"));
+    assert_eq!(reauth.host(), Some("127.0.0.1"));
     assert!(reauth.to_string().contains("sign in again"), "{reauth}");
 }
 
@@ -369,11 +370,7 @@ async fn server_errors_are_transient_and_carry_retry_after() {
             panic!("{kind:?}: not transient")
         };
         assert_eq!(err.kind(), kind);
-        assert_eq!(
-            err.retry_after_hint(),
-            Some(Duration::from_secs(7)),
-            "{kind:?}"
-        );
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(7)), "{kind:?}");
     }
 }
 
@@ -498,7 +495,7 @@ async fn malformed_answers_are_clear_transient_errors_that_quote_nothing() {
             .expect("a reason")
             .to_string();
         assert!(
-            source.contains("token endpoint answered"),
+            source.starts_with("200 OK with ") || source.starts_with("400 Bad Request with "),
             "{what}: {source}"
         );
         let printed = format!("{err} {err:?} {source}");

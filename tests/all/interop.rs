@@ -204,7 +204,7 @@ async fn a_revoked_refresh_token_gives_reauth_required_invalid_grant() {
         .downcast_ref::<ReauthRequired>()
         .unwrap_or_else(|| panic!("ReauthRequired expected, got {err}"));
     assert_eq!(reauth.error(), "invalid_grant");
-    assert_eq!(reauth.endpoint_host(), Some("127.0.0.1"));
+    assert_eq!(reauth.host(), Some("127.0.0.1"));
     assert!(reauth.to_string().contains("sign in again"));
     let stats = provider.stats().await;
     assert_eq!((stats.refresh_token, stats.invalid_grant), (1, 1));

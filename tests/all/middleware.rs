@@ -284,7 +284,7 @@ async fn reauth_required_is_reached_by_downcast_from_reqwest_middleware_error() 
     };
     let reauth = reauth.expect("ReauthRequired inside reqwest_middleware::Error::Middleware");
     assert_eq!(reauth.error(), "invalid_grant");
-    assert_eq!(reauth.error_description(), Some("Token is revoked"));
+    assert_eq!(reauth.description(), Some("Token is revoked"));
     assert!(err.to_string().contains("must sign in again"), "{err}");
     assert!(!err.to_string().contains("rt-revoked"));
     assert_eq!(api.calls(), 0, "nothing is sent without a token");
@@ -314,7 +314,7 @@ async fn a_transient_failure_is_reached_by_downcast_from_reqwest_middleware_erro
     };
     let transient = e.downcast_ref::<TransientError>().expect("TransientError");
     assert_eq!(transient.kind(), TransientKind::ServerError(503));
-    assert_eq!(transient.retry_after_hint(), Some(Duration::from_secs(7)));
+    assert_eq!(transient.retry_after(), Some(Duration::from_secs(7)));
 }
 
 #[tokio::test]

@@ -13,8 +13,8 @@ use crate::support::{Api, Step, TestSource, get, text};
 
 fn invalid_grant() -> oauth_refresh::RefreshError {
     ReauthRequired::new("invalid_grant")
-        .description("Token is not active")
-        .host("auth.test")
+        .with_description("Token is not active")
+        .with_host("auth.test")
         .into()
 }
 
@@ -46,7 +46,7 @@ async fn reauth_reaches_callers_only_once_no_valid_token_remains() {
         .downcast_ref::<ReauthRequired>()
         .expect("ReauthRequired");
     assert_eq!(reauth.error(), "invalid_grant");
-    assert_eq!(reauth.endpoint_host(), Some("auth.test"));
+    assert_eq!(reauth.host(), Some("auth.test"));
     assert!(
         reauth.to_string().contains("must sign in again"),
         "{reauth}"
@@ -64,8 +64,8 @@ async fn new_tokens_after_a_sign_in_clear_the_reauth() {
     let err = service.clone().oneshot(get()).await.unwrap_err();
     assert!(err.is::<ReauthRequired>());
 
-    let mut tokens = oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("signed-in"));
-    tokens.expires_in = Some(Duration::from_secs(100));
+    let tokens = oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("signed-in"))
+        .with_expires_in(Duration::from_secs(100));
     layer.set_tokens(tokens).unwrap();
 
     let response = service.oneshot(get()).await.unwrap();
@@ -132,7 +132,7 @@ async fn retry_after_hint_is_honoured() {
     let source = TestSource::new(Duration::from_secs(100));
     source.then(Step::Fail(
         TransientError::new(TransientKind::RateLimited)
-            .retry_after(Duration::from_secs(7))
+            .with_retry_after(Duration::from_secs(7))
             .into(),
     ));
     let layer = RefreshLayer::new(source.clone());
@@ -149,7 +149,7 @@ async fn retry_after_beyond_the_refresh_budget_becomes_the_cooldown() {
     let source = TestSource::new(Duration::from_secs(100));
     source.then(Step::Fail(
         TransientError::new(TransientKind::RateLimited)
-            .retry_after(Duration::from_secs(120))
+            .with_retry_after(Duration::from_secs(120))
             .into(),
     ));
     let layer = RefreshLayer::new(source.clone());
@@ -176,7 +176,7 @@ async fn failure_unsafe_to_resend_is_not_resent() {
     let source = TestSource::new(Duration::from_secs(100));
     source.then(Step::Fail(
         TransientError::new(TransientKind::Timeout)
-            .resend_safe(false)
+            .with_resend_safe(false)
             .into(),
     ));
     let layer = RefreshLayer::new(source.clone());
@@ -193,7 +193,7 @@ async fn cooldown_keeps_a_dead_endpoint_from_being_hammered() {
     for _ in 0..100 {
         source.then(Step::Fail(
             TransientError::new(TransientKind::Network)
-                .resend_safe(false)
+                .with_resend_safe(false)
                 .into(),
         ));
     }
@@ -246,9 +246,9 @@ async fn tokens_from_a_sign_in_win_over_a_refresh_running_meanwhile() {
     let waiting = tokio::spawn(service.clone().oneshot(get()));
     tokio::task::yield_now().await;
 
-    let mut tokens = oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("signed-in"));
-    tokens.expires_in = Some(Duration::from_secs(100));
-    tokens.refresh_token = Some(oauth_refresh::RefreshToken::new("rt-signed-in"));
+    let tokens = oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("signed-in"))
+        .with_expires_in(Duration::from_secs(100))
+        .with_refresh_token("rt-signed-in");
     layer.set_tokens(tokens).unwrap();
     source.then(Step::Fail(invalid_grant()));
     source.open(1);
@@ -275,7 +275,7 @@ async fn an_old_expired_token_is_not_sent_after_a_failed_refresh() {
     tokio::time::advance(Duration::from_secs(11)).await;
     source.then(Step::Fail(
         TransientError::new(TransientKind::Network)
-            .resend_safe(false)
+            .with_resend_safe(false)
             .into(),
     ));
     assert!(service.clone().oneshot(get()).await.is_err());

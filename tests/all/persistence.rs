@@ -162,7 +162,7 @@ async fn a_rotated_refresh_token_in_a_failed_answer_is_persisted_and_not_in_the_
     let source = TestSource::build(Some(HOUR), true, false, Some("rt-0"));
     source.then(Step::Fail(
         TransientError::new(TransientKind::InvalidResponse)
-            .resend_safe(false)
+            .with_resend_safe(false)
             .with_refresh_token(RefreshToken::new("rt-rotated"))
             .into(),
     ));

@@ -71,7 +71,7 @@ async fn every_waiter_gets_the_same_error() {
     let source = TestSource::new(Duration::from_secs(3600));
     source.then(Step::Fail(
         TransientError::new(TransientKind::ServerError(503))
-            .resend_safe(false)
+            .with_resend_safe(false)
             .into(),
     ));
     let layer = RefreshLayer::new(source.clone());

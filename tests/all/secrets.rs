@@ -119,11 +119,12 @@ fn grants_debug_never_shows_secrets() {
     use oauth_refresh::oauth::AuthorizationCode;
     use oauth_refresh::{ClientCredentials, ClientSecret, RefreshTokenGrant};
 
-    let client_credentials =
-        ClientCredentials::new("https://login.test/token", "svc", "cs-s3cr3t").scope("api:read");
+    let client_credentials = ClientCredentials::new("https://login.test/token", "svc", "cs-s3cr3t")
+        .scope("api:read")
+        .param("client_assertion", "ca-s3cr3t");
     let refresh = RefreshTokenGrant::new("https://login.test/token", "app", "rt-s3cr3t")
         .client_secret("cs-s3cr3t")
-        .access_token("at-s3cr3t", std::time::SystemTime::now());
+        .initial_access_token("at-s3cr3t", std::time::SystemTime::now());
     let sign_in = AuthorizationCode::new(
         "https://login.test/authorize",
         "https://login.test/token",
@@ -134,6 +135,7 @@ fn grants_debug_never_shows_secrets() {
     let pending = sign_in.start().unwrap();
     let printed = [
         format!("{client_credentials:?}"),
+        format!("{client_credentials:#?}"),
         format!("{refresh:#?}"),
         format!("{sign_in:?}"),
         format!("{pending:?}"),

@@ -512,10 +512,10 @@ proptest! {
             RefreshError::Reauth(err) => {
                 prop_assert!(reauth, "{:?}", err);
                 prop_assert_eq!(err.error(), code);
-                prop_assert_eq!(err.error_description(), description.as_deref());
+                prop_assert_eq!(err.description(), description.as_deref());
                 let uri = answer.uri.as_deref().map(|u| shown(u, 300));
-                prop_assert_eq!(err.error_uri(), uri.as_deref());
-                prop_assert_eq!(err.endpoint_host(), Some("login.example.com"));
+                prop_assert_eq!(err.uri(), uri.as_deref());
+                prop_assert_eq!(err.host(), Some("login.example.com"));
             }
             RefreshError::Transient(err) => {
                 prop_assert_eq!(Some(err.kind()), transient);
@@ -526,7 +526,7 @@ proptest! {
             RefreshError::Configuration(err) => {
                 prop_assert!(!reauth && transient.is_none(), "{:?}", err);
                 prop_assert_eq!(err.error(), code);
-                prop_assert_eq!(err.error_description(), description.as_deref());
+                prop_assert_eq!(err.description(), description.as_deref());
             }
         }
     }
