@@ -84,6 +84,19 @@ impl Api {
     }
 }
 
+type Stack = oauth_refresh::Refresh<
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>,
+>;
+
+/// The issuer, the layer over it, the API, and the layer's service over the API.
+fn stack() -> (SlowIssuer, RefreshLayer, Api, Stack) {
+    let issuer = SlowIssuer::default();
+    let layer = RefreshLayer::new(issuer.clone());
+    let api = Api::default();
+    let service = tower::Layer::layer(&layer, api.service());
+    (issuer, layer, api, service)
+}
+
 fn to(path: &str) -> Request<Full<Bytes>> {
     Request::get(format!("https://api.test{path}"))
         .body(Full::default())
@@ -92,12 +105,7 @@ fn to(path: &str) -> Request<Full<Bytes>> {
 
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_rejecting_every_token_costs_only_its_own_requests() {
-    let issuer = SlowIssuer::default();
-    let layer = RefreshLayer::new(issuer.clone());
-    let api = Api::default();
-    let service = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(api.service());
+    let (issuer, layer, _api, service) = stack();
     // The first token, so that the hour below starts from a FRESH one.
     layer.refresh().await.unwrap();
     let start = Instant::now();
@@ -140,12 +148,7 @@ async fn an_endpoint_rejecting_every_token_costs_only_its_own_requests() {
 
 #[tokio::test(start_paused = true)]
 async fn a_revoked_token_is_replaced_by_one_refresh_with_one_resend_per_request() {
-    let issuer = SlowIssuer::default();
-    let layer = RefreshLayer::new(issuer.clone());
-    let api = Api::default();
-    let service = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(api.service());
+    let (issuer, layer, api, service) = stack();
     layer.refresh().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     api.revoke("at-1");
@@ -165,12 +168,7 @@ async fn a_revoked_token_is_replaced_by_one_refresh_with_one_resend_per_request(
 
 #[tokio::test(start_paused = true)]
 async fn a_revocation_while_an_endpoint_keeps_rejecting_is_noticed_within_one_spacing() {
-    let issuer = SlowIssuer::default();
-    let layer = RefreshLayer::new(issuer.clone());
-    let api = Api::default();
-    let service = tower::ServiceBuilder::new()
-        .layer(layer.clone())
-        .service(api.service());
+    let (issuer, layer, api, service) = stack();
     layer.refresh().await.unwrap();
     // Twenty minutes of `/admin` rejecting: the spacing has grown to its 5 min cap.
     let start = Instant::now();
