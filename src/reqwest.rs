@@ -97,14 +97,13 @@ async fn send(
 /// unless another request already replaced the rejected one) and resends once.
 async fn resend(
     shared: &Shared,
-    rejected: Response,
+    mut rejected: Response,
     generation: u64,
     mut replay: Request,
     extensions: &mut Extensions,
     next: Next<'_>,
 ) -> reqwest_middleware::Result<Response> {
     let Some(token) = token_for_resend(shared, generation) else {
-        let mut rejected = rejected;
         rejected.extensions_mut().insert(RetryStatus::BackedOff);
         return Ok(rejected);
     };

@@ -359,7 +359,7 @@ impl<'a> Scanner<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use http::HeaderValue;
 
@@ -620,7 +620,9 @@ mod tests {
         assert_eq!(negotiate[0].param("abc123"), None);
     }
 
-    fn headers(values: &[&[u8]]) -> HeaderMap {
+    /// A header map with one `WWW-Authenticate` line per value, for the tests here and in
+    /// the classification rule's.
+    pub(in crate::classify) fn headers(values: &[&[u8]]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for value in values {
             let value = HeaderValue::from_bytes(value).expect("test header value");

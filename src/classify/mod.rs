@@ -153,18 +153,8 @@ mod properties;
 
 #[cfg(test)]
 mod tests {
+    use super::challenge::tests::headers;
     use super::*;
-    use http::HeaderValue;
-    use http::header::WWW_AUTHENTICATE;
-
-    fn headers(values: &[&[u8]]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for value in values {
-            let value = HeaderValue::from_bytes(value).expect("test header value");
-            map.append(WWW_AUTHENTICATE, value);
-        }
-        map
-    }
 
     #[test]
     fn default_verdict_table() {

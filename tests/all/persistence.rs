@@ -71,15 +71,28 @@ impl TokenSource for Recorded {
     }
 }
 
-fn rotating_gated() -> TestSource {
-    TestSource::build(Some(HOUR), true, true, Some("rt-0"))
-}
-
-async fn settled(layer: &RefreshLayer) {
+/// Lets spawned tasks (a refresh, the hook's flight) run as far as they can.
+async fn settled() {
     for _ in 0..100 {
         tokio::task::yield_now().await;
     }
-    let _ = layer;
+}
+
+/// Sets `tokens` by hand while a refresh of a rotating source (`rt-0` to `rt-1`) is at the
+/// server, then lets the refresh end.
+async fn set_by_hand_during_a_refresh(tokens: TokenSet) -> (TestSource, Recorded, RefreshLayer) {
+    let source = TestSource::build(Some(HOUR), true, true, Some("rt-0"));
+    let recorded = Recorded::new(source.clone());
+    let layer = RefreshLayer::new(recorded.clone());
+    let refresh = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.refresh().await }
+    });
+    settled().await;
+    layer.set_tokens(tokens).unwrap();
+    source.open(1);
+    refresh.await.unwrap().unwrap();
+    (source, recorded, layer)
 }
 
 fn presented(source: &TestSource) -> Vec<Option<String>> {
@@ -88,21 +101,10 @@ fn presented(source: &TestSource) -> Vec<Option<String>> {
 
 #[tokio::test]
 async fn a_refresh_token_rotated_while_tokens_were_set_by_hand_is_kept_and_persisted() {
-    let source = rotating_gated();
-    let recorded = Recorded::new(source.clone());
-    let layer = RefreshLayer::new(recorded.clone());
-    let refresh = tokio::spawn({
-        let layer = layer.clone();
-        async move { layer.refresh().await }
-    });
-    settled(&layer).await;
     // A sign-in's tokens arrive while the refresh is at the server; they bring no refresh
     // token of their own.
-    let mut signed_in = TokenSet::new(AccessToken::new("at-signed-in"));
-    signed_in.expires_in = Some(HOUR);
-    layer.set_tokens(signed_in).unwrap();
-    source.open(1);
-    refresh.await.unwrap().unwrap();
+    let signed_in = TokenSet::new(AccessToken::new("at-signed-in")).with_expires_in(HOUR);
+    let (source, recorded, layer) = set_by_hand_during_a_refresh(signed_in).await;
 
     // The server rotated rt-0 to rt-1 meanwhile: only rt-1 works now.
     let response = layer.layer(Api::open()).oneshot(get()).await.unwrap();
@@ -127,19 +129,9 @@ async fn a_refresh_token_rotated_while_tokens_were_set_by_hand_is_kept_and_persi
 
 #[tokio::test]
 async fn a_refresh_token_set_by_hand_wins_over_one_rotated_meanwhile() {
-    let source = rotating_gated();
-    let recorded = Recorded::new(source.clone());
-    let layer = RefreshLayer::new(recorded.clone());
-    let refresh = tokio::spawn({
-        let layer = layer.clone();
-        async move { layer.refresh().await }
-    });
-    settled(&layer).await;
-    let mut signed_in = TokenSet::new(AccessToken::new("at-signed-in"));
-    signed_in.refresh_token = Some(RefreshToken::new("rt-signed-in"));
-    layer.set_tokens(signed_in).unwrap();
-    source.open(1);
-    refresh.await.unwrap().unwrap();
+    let signed_in =
+        TokenSet::new(AccessToken::new("at-signed-in")).with_refresh_token("rt-signed-in");
+    let (source, recorded, layer) = set_by_hand_during_a_refresh(signed_in).await;
 
     source.open(1);
     layer.refresh().await.unwrap();
@@ -187,8 +179,8 @@ async fn a_rotated_refresh_token_in_a_failed_answer_is_persisted_and_not_in_the_
 #[tokio::test]
 async fn a_refresh_token_beside_an_access_token_unfit_for_a_header_is_persisted() {
     let source = TestSource::build(Some(HOUR), true, false, Some("rt-0"));
-    let mut unfit = TokenSet::new(AccessToken::new("at\nwith a newline"));
-    unfit.refresh_token = Some(RefreshToken::new("rt-rotated"));
+    let unfit =
+        TokenSet::new(AccessToken::new("at\nwith a newline")).with_refresh_token("rt-rotated");
     source.then(Step::Tokens(unfit));
     let recorded = Recorded::new(source.clone());
     let layer = RefreshLayer::new(recorded.clone());
@@ -209,11 +201,11 @@ async fn tokens_set_by_hand_reach_the_hook() {
     let source = TestSource::build(Some(HOUR), true, false, Some("rt-0"));
     let recorded = Recorded::new(source.clone());
     let layer = RefreshLayer::new(recorded.clone());
-    let mut signed_in = TokenSet::new(AccessToken::new("at-signed-in"));
-    signed_in.refresh_token = Some(RefreshToken::new("rt-signed-in"));
+    let signed_in =
+        TokenSet::new(AccessToken::new("at-signed-in")).with_refresh_token("rt-signed-in");
 
     layer.set_tokens(signed_in).unwrap();
-    settled(&layer).await;
+    settled().await;
 
     assert_eq!(
         recorded.updates(),
@@ -224,8 +216,7 @@ async fn tokens_set_by_hand_reach_the_hook() {
 #[tokio::test(start_paused = true)]
 async fn the_window_applies_to_the_sources_initial_tokens() {
     let source = TestSource::new(HOUR);
-    let mut initial = TokenSet::new(AccessToken::new("at-stored"));
-    initial.expires_in = Some(HOUR);
+    let initial = TokenSet::new(AccessToken::new("at-stored")).with_expires_in(HOUR);
     let mut recorded = Recorded::new(source.clone());
     recorded.initial = Some(initial);
     let layer = RefreshLayer::builder(recorded)
