@@ -191,29 +191,28 @@ impl TokenCell {
             }
             return Ok(installed);
         }
-        let outcome = result.and_then(|(set, sent_at)| {
-            let token = self.install(slot, &set, sent_at)?;
-            let mut update = only_the_refresh_token(slot);
-            update.access_token = Some(set.access_token);
-            update.expires_at = token.expires_at.map(wall_clock);
-            update.scope = set.scope;
-            slot.record(update);
-            Ok(token)
-        });
-        match &outcome {
-            Ok(token) => {
+        let installed =
+            result.and_then(|(set, sent_at)| Ok((self.install(slot, &set, sent_at)?, set)));
+        match installed {
+            Ok((token, set)) => {
                 slot.clear_failures();
-                let token = token.clone();
-                self.update_snapshot(|s| s.token = Some(token));
+                let mut update = only_the_refresh_token(slot);
+                update.access_token = Some(set.access_token);
+                update.expires_at = token.expires_at.map(wall_clock);
+                update.scope = set.scope;
+                slot.record(update);
+                let current = token.clone();
+                self.update_snapshot(|s| s.token = Some(current));
+                Ok(token)
             }
             Err(error) => {
                 if refresh_token_changed {
                     slot.record(only_the_refresh_token(slot));
                 }
-                self.count_failure(slot, error);
+                self.count_failure(slot, &error);
+                Err(error)
             }
         }
-        outcome
     }
 
     /// Counts a failed refresh and sets the cooldown it earns.
