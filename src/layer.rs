@@ -9,6 +9,7 @@ use tower_layer::Layer;
 use crate::cell::{MAX_SPAN, Schedule, Stats, TokenCell};
 use crate::classify::{ClassifyRejection, DefaultClassifier};
 use crate::error::RefreshError;
+use crate::replay::Replayers;
 use crate::service::Refresh;
 use crate::shared::Shared;
 use crate::source::TokenSource;
@@ -113,6 +114,43 @@ impl RefreshLayer {
         self
     }
 
+    /// Teaches the tower service to replay request bodies of type `B`, for this value and the
+    /// clones made from it: `clone` returns a copy to resend, or `None` for a body it cannot
+    /// copy (which is then sent once, its rejection marked
+    /// [`BodyNotReplayable`](crate::RetryStatus::BodyNotReplayable)).
+    ///
+    /// The crate replays `Full<Bytes>`, `Empty<Bytes>`, `Bytes`, `String`, `Vec<u8>`,
+    /// `&'static str`, `&'static [u8]` and `()` by itself; this is for the rest: a body type
+    /// of the application's own, or a boxed body (axum's `Body`, `BoxBody`) whose size hint
+    /// says it is empty. A later call for the same type replaces the earlier one. Looking the
+    /// function up costs a request whose body type is not on the crate's list one scan of
+    /// the few types taught. The reqwest middleware replays whatever
+    /// `reqwest::Request::try_clone` copies and does not use this.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body as _;
+    /// use http_body_util::{BodyExt, Empty, combinators::BoxBody};
+    /// use oauth_refresh::{RefreshLayer, source_fn, AccessToken, TokenSet};
+    ///
+    /// type Body = BoxBody<Bytes, std::convert::Infallible>;
+    ///
+    /// let source = source_fn(|_| async { Ok(TokenSet::new(AccessToken::new("at"))) });
+    /// let layer = RefreshLayer::new(source).replay_body(|body: &Body| {
+    ///     // A boxed body cannot be copied, but an empty one can be made again.
+    ///     (body.size_hint().exact() == Some(0)).then(|| Empty::new().boxed())
+    /// });
+    /// # drop(layer);
+    /// ```
+    pub fn replay_body<B: Send + 'static>(
+        mut self,
+        clone: impl Fn(&B) -> Option<B> + Send + Sync + 'static,
+    ) -> Self {
+        let shared = Arc::make_mut(&mut self.shared);
+        shared.replayers = shared.replayers.with(clone);
+        self
+    }
+
     /// Allows sending the token over plain `http://` to hosts other than loopback (default
     /// `false`: such requests fail with [`InsecureTransport`](crate::InsecureTransport)), for
     /// this value and the clones made from it.
@@ -195,6 +233,7 @@ impl RefreshLayerBuilder {
                 classifier: Arc::new(DefaultClassifier),
                 retry: true,
                 allow_insecure_http: false,
+                replayers: Replayers::default(),
             }),
         }
     }

@@ -3,7 +3,9 @@
 //! Keeping it is the main per-request cost of the retry (a clone of the method, URI, headers
 //! and extensions, and of the body when it can be cloned); see the hot-path bench.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
+use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
@@ -21,10 +23,47 @@ pub(crate) struct Replay<B> {
     body: B,
 }
 
+/// The body types a layer value was taught to replay, beyond the crate's own list: one
+/// function per type, looked up by `TypeId` only for a body the list does not know.
+#[derive(Clone, Default)]
+pub(crate) struct Replayers(Arc<[(TypeId, Arc<dyn Any + Send + Sync>)]>);
+
+/// How a user's function is kept: behind `Any`, so that one list holds every body type.
+type CloneFn<B> = Box<dyn Fn(&B) -> Option<B> + Send + Sync>;
+
+impl Replayers {
+    /// These replayers, with `clone` for bodies of type `B` (replacing an earlier one).
+    pub(crate) fn with<B: 'static>(
+        &self,
+        clone: impl Fn(&B) -> Option<B> + Send + Sync + 'static,
+    ) -> Self {
+        let clone: CloneFn<B> = Box::new(clone);
+        let id = TypeId::of::<B>();
+        let entry: (TypeId, Arc<dyn Any + Send + Sync>) = (id, Arc::new(clone));
+        let others = self.0.iter().filter(|(other, _)| *other != id).cloned();
+        Replayers(others.chain(std::iter::once(entry)).collect())
+    }
+
+    fn clone_body<B: 'static>(&self, body: &B) -> Option<B> {
+        let (_, clone) = self.0.iter().find(|(id, _)| *id == TypeId::of::<B>())?;
+        clone.downcast_ref::<CloneFn<B>>()?(body)
+    }
+}
+
+impl fmt::Debug for Replayers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replayers")
+            .field("types", &self.0.len())
+            .finish()
+    }
+}
+
 impl<B: 'static> Replay<B> {
-    /// Copies `request`, or `None` if its body cannot be replayed.
-    pub(crate) fn capture(request: &Request<B>) -> Option<Box<Self>> {
-        let body = clone_body(request.body())?;
+    /// Copies `request`, or `None` if its body cannot be replayed: neither the crate's list
+    /// nor `replayers` knows its type, or the function for it declined. The list always
+    /// copies what it knows.
+    pub(crate) fn capture(request: &Request<B>, replayers: &Replayers) -> Option<Box<Self>> {
+        let body = clone_body(request.body()).or_else(|| replayers.clone_body(request.body()))?;
         Some(Box::new(Replay {
             method: request.method().clone(),
             uri: request.uri().clone(),
@@ -58,7 +97,8 @@ impl<B: 'static> Replay<B> {
 }
 
 /// Clones the body types known to hold their whole content in memory. Any other body (a
-/// stream, hyper's `Incoming`, a boxed body) is sent once and not replayed.
+/// stream, hyper's `Incoming`, a boxed body) is sent once and not replayed, unless the layer
+/// was taught its type ([`RefreshLayer::replay_body`](crate::RefreshLayer::replay_body)).
 ///
 /// The checks compare `TypeId`s of a monomorphized `B`, so the compiler keeps only the
 /// branch that matches.
@@ -104,7 +144,7 @@ mod tests {
     use super::*;
 
     fn replays<B: 'static>(body: B) -> bool {
-        Replay::capture(&Request::new(body)).is_some()
+        Replay::capture(&Request::new(body), &Replayers::default()).is_some()
     }
 
     #[test]
@@ -129,6 +169,25 @@ mod tests {
     }
 
     #[test]
+    fn a_replayer_teaches_a_body_type_and_may_decline() {
+        #[derive(Debug, PartialEq)]
+        struct Upload(Option<&'static str>);
+        let replayers =
+            Replayers::default().with(|body: &Upload| body.0.map(|text| Upload(Some(text))));
+        let again = |body| Replay::capture(&Request::new(body), &replayers).map(|r| r.body);
+        assert_eq!(again(Upload(Some("x"))), Some(Upload(Some("x"))));
+        assert_eq!(again(Upload(None)), None, "the function declined");
+        assert!(
+            Replay::capture(&Request::new(Upload(Some("x"))), &Replayers::default()).is_none(),
+            "untaught, as before"
+        );
+        // A later function for the same type replaces the earlier one.
+        let replayers = replayers.with(|_: &Upload| None);
+        assert!(Replay::capture(&Request::new(Upload(Some("x"))), &replayers).is_none());
+        assert_eq!(replayers.0.len(), 1);
+    }
+
+    #[test]
     fn replay_keeps_the_request_and_sets_the_new_token() {
         let mut request = Request::post("https://api.example.com/items?x=1")
             .header("content-type", "application/json")
@@ -138,7 +197,7 @@ mod tests {
             .body(String::from("{\"a\":1}"))
             .unwrap();
         request.extensions_mut().insert(7u32);
-        let replay = Replay::capture(&request).unwrap();
+        let replay = Replay::capture(&request, &Replayers::default()).unwrap();
         let again = (*replay).into_request(HeaderValue::from_static("Bearer new"));
         assert_eq!(again.method(), Method::POST);
         assert_eq!(again.uri(), "https://api.example.com/items?x=1");

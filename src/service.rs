@@ -140,7 +140,7 @@ where
         // Copied before the token goes in; wasted only on a request that carries its own
         // credentials.
         let replay = if retry {
-            Replay::capture(&request)
+            Replay::capture(&request, &self.shared.replayers)
         } else {
             None
         };

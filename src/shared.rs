@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::cell::TokenCell;
 use crate::classify::ClassifyRejection;
+use crate::replay::Replayers;
 
 /// What a service needs per request: the shared cell and this layer value's options. One
 /// `Arc`, so a request clones one pointer.
@@ -13,4 +14,6 @@ pub(crate) struct Shared {
     pub(crate) classifier: Arc<dyn ClassifyRejection>,
     pub(crate) retry: bool,
     pub(crate) allow_insecure_http: bool,
+    /// Body types this layer value was taught to replay.
+    pub(crate) replayers: Replayers,
 }

@@ -1,5 +1,6 @@
 //! The once-only resend after a rejection, and the generation rule.
 
+use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{Empty, Full};
 use oauth_refresh::classify::{ClassifyRejection, Verdict, default_verdict};
 use oauth_refresh::{NoRetry, RefreshLayer, RetryStatus};
@@ -153,6 +155,51 @@ async fn in_memory_bodies_are_replayed() {
     assert!(retried(Bytes::from_static(b"{}")).await);
     assert!(retried(b"{}".to_vec()).await);
     assert!(retried(()).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_layer_taught_a_body_type_replays_it() {
+    /// A body of the application's own, which the crate cannot know how to copy.
+    struct Upload(Bytes);
+
+    async fn status<B: Send + 'static>(layer: RefreshLayer, body: B) -> Option<RetryStatus> {
+        let api = Api::accepting(|token| token != "at-1");
+        let request = Request::post("https://api.test/items").body(body).unwrap();
+        let response = layer.layer(api).oneshot(request).await.unwrap();
+        response.extensions().get().copied()
+    }
+    let layer = || RefreshLayer::new(TestSource::new(HOUR));
+    let upload = || Upload(Bytes::from_static(b"{}"));
+    let empty_box = || BoxBody::new(Empty::<Bytes>::new());
+
+    assert_eq!(
+        status(layer(), upload()).await,
+        Some(RetryStatus::BodyNotReplayable)
+    );
+    let taught = layer().replay_body(|body: &Upload| Some(Upload(body.0.clone())));
+    assert_eq!(status(taught, upload()).await, Some(RetryStatus::Retried));
+
+    // A boxed body cannot be copied, but an empty one can be made again.
+    assert_eq!(
+        status(layer(), empty_box()).await,
+        Some(RetryStatus::BodyNotReplayable)
+    );
+    // Each with a token cell of its own, whose first token is rejected.
+    let taught = || {
+        layer().replay_body(move |body: &BoxBody<Bytes, Infallible>| {
+            (body.size_hint().exact() == Some(0)).then(empty_box)
+        })
+    };
+    assert_eq!(
+        status(taught(), empty_box()).await,
+        Some(RetryStatus::Retried)
+    );
+    // The function may decline: a body with content is then sent once.
+    let full = BoxBody::new(Full::new(Bytes::from_static(b"{}")));
+    assert_eq!(
+        status(taught(), full).await,
+        Some(RetryStatus::BodyNotReplayable)
+    );
 }
 
 #[tokio::test(start_paused = true)]
