@@ -146,8 +146,9 @@
 //!
 //! - a request whose body cannot be replayed (a stream): it is sent once, never failed up
 //!   front, and its rejection comes back untouched, marked [`RetryStatus::BodyNotReplayable`].
-//!   The tower service replays in-memory bodies (`Full<Bytes>`, `String`, `Bytes`, ...); the
-//!   reqwest middleware whatever `reqwest::Request::try_clone` can copy;
+//!   The tower service replays in-memory bodies (`Full<Bytes>`, `String`, `Bytes`, ...) and
+//!   the body types a layer was taught with [`RefreshLayer::replay_body`]; the reqwest
+//!   middleware whatever `reqwest::Request::try_clone` can copy;
 //! - a request with [`NoRetry`], or every request after [`RefreshLayer::retry`]`(false)`:
 //!   marked [`RetryStatus::Disabled`];
 //! - a `403` with `insufficient_scope`, and any other answer the classifier accepts;
