@@ -7,11 +7,11 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use crate::cell::{MAX_SPAN, Schedule, Stats, TokenCell};
-use crate::classify::{ClassifyRejection, DefaultClassifier};
+use crate::classify::ClassifyRejection;
 use crate::error::RefreshError;
 use crate::replay::Replayers;
 use crate::service::Refresh;
-use crate::shared::Shared;
+use crate::shared::{Classifier, Shared};
 use crate::source::TokenSource;
 use crate::token::TokenSet;
 
@@ -103,7 +103,7 @@ impl RefreshLayer {
     /// Replaces the rule that decides whether a response means the token was rejected, for
     /// this value and the clones made from it. See [`classify`](crate::classify).
     pub fn classifier(mut self, classifier: impl ClassifyRejection) -> Self {
-        Arc::make_mut(&mut self.shared).classifier = Arc::new(classifier);
+        Arc::make_mut(&mut self.shared).classifier = Classifier::Custom(Arc::new(classifier));
         self
     }
 
@@ -230,7 +230,7 @@ impl RefreshLayerBuilder {
         RefreshLayer {
             shared: Arc::new(Shared {
                 cell: Arc::new(TokenCell::new(self.source, self.schedule)),
-                classifier: Arc::new(DefaultClassifier),
+                classifier: Classifier::Default,
                 retry: true,
                 allow_insecure_http: false,
                 replayers: Replayers::default(),

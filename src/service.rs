@@ -129,30 +129,26 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if request.extensions().get::<SkipAuth>().is_some() {
+        // A request with credentials of its own goes as it is. `contains_key` then `insert`
+        // rather than the `entry` API: for a standard header, both are a few instructions
+        // where `entry` costs nearly two hundred.
+        if request.extensions().get::<SkipAuth>().is_some()
+            || request.headers().contains_key(header::AUTHORIZATION)
+        {
             return ResponseFuture::passthrough(self.inner.call(request));
         }
-        let insecure = match self.shared.allow_insecure_http {
-            false => insecure_host(request.uri()).map(InsecureTransport::new),
-            true => None,
-        };
+        if !self.shared.allow_insecure_http
+            && let Some(host) = insecure_host(request.uri())
+        {
+            return ResponseFuture::failed(InsecureTransport::new(host).into());
+        }
         let retry = self.shared.retry && request.extensions().get::<NoRetry>().is_none();
-        // Copied before the token goes in; wasted only on a request that carries its own
-        // credentials.
+        // Copied before the token goes in.
         let replay = if retry {
             Replay::capture(&request, &self.shared.replayers)
         } else {
             None
         };
-
-        let header::Entry::Vacant(authorization_slot) =
-            request.headers_mut().entry(header::AUTHORIZATION)
-        else {
-            return ResponseFuture::passthrough(self.inner.call(request));
-        };
-        if let Some(insecure) = insecure {
-            return ResponseFuture::failed(insecure.into());
-        }
         let Some((authorization, generation)) = self.shared.cell.current_in_view(&mut self.view)
         else {
             // EXPIRED: wait for the refresh without holding the readied service, which may
@@ -170,7 +166,9 @@ where
                 resend,
             ));
         };
-        authorization_slot.insert(authorization);
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, authorization);
 
         let (response, resend) = match replay {
             Some(replay) => {

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use crate::cell::TokenCell;
-use crate::classify::ClassifyRejection;
+use http::{HeaderMap, StatusCode};
+
+use crate::classify::{ClassifyRejection, Verdict, default_verdict};
 use crate::replay::Replayers;
 
 /// What a service needs per request: the shared cell and this layer value's options. One
@@ -11,9 +13,41 @@ use crate::replay::Replayers;
 #[derive(Clone)]
 pub(crate) struct Shared {
     pub(crate) cell: Arc<TokenCell>,
-    pub(crate) classifier: Arc<dyn ClassifyRejection>,
+    pub(crate) classifier: Classifier,
     pub(crate) retry: bool,
     pub(crate) allow_insecure_http: bool,
     /// Body types this layer value was taught to replay.
     pub(crate) replayers: Replayers,
+}
+
+/// The rule that reads each response: the default one called directly, since a dynamic call
+/// on every response costs more than the rule itself (a status compared with 401), or the
+/// application's own.
+#[derive(Clone)]
+pub(crate) enum Classifier {
+    Default,
+    Custom(Arc<dyn ClassifyRejection>),
+}
+
+impl Classifier {
+    #[inline]
+    pub(crate) fn classify(&self, status: StatusCode, headers: &HeaderMap) -> Verdict {
+        match self {
+            Classifier::Default => default_verdict(status, headers),
+            Classifier::Custom(classifier) => classifier.classify(status, headers),
+        }
+    }
+
+    /// Only a custom classifier asks to read a body ([`Verdict::ReadBody`]).
+    pub(crate) fn classify_body(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        prefix: &[u8],
+    ) -> bool {
+        match self {
+            Classifier::Default => false,
+            Classifier::Custom(classifier) => classifier.classify_body(status, headers, prefix),
+        }
+    }
 }

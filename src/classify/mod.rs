@@ -126,6 +126,7 @@ where
 /// The `Bearer` scheme and the `error` value are compared ASCII case-insensitively, and an empty
 /// `error=""` counts as no error code.
 #[must_use]
+#[inline]
 pub fn default_verdict(status: StatusCode, headers: &HeaderMap) -> Verdict {
     if status != StatusCode::UNAUTHORIZED {
         return Verdict::Accepted;
