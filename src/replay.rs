@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Extensions, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 use http_body_util::{Empty, Full};
 
 /// A request as it was before the token was attached.
@@ -68,11 +68,7 @@ impl<B: 'static> Replay<B> {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            headers: request
-                .headers()
-                .iter()
-                .map(|(name, value)| (name.clone(), value.clone()))
-                .collect(),
+            headers: copy_headers(request.headers()),
             extensions: request.extensions().clone(),
             body,
         }))
@@ -94,6 +90,20 @@ impl<B: 'static> Replay<B> {
         headers.insert(header::AUTHORIZATION, authorization);
         request
     }
+}
+
+/// The headers as a list, sized once; an empty map costs no walk at all.
+fn copy_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
+    if headers.is_empty() {
+        return Vec::new();
+    }
+    let mut list = Vec::with_capacity(headers.len());
+    list.extend(
+        headers
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone())),
+    );
+    list
 }
 
 /// Clones the body types known to hold their whole content in memory. Any other body (a

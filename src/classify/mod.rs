@@ -128,9 +128,15 @@ where
 #[must_use]
 #[inline]
 pub fn default_verdict(status: StatusCode, headers: &HeaderMap) -> Verdict {
+    // Inlined where it is called: most responses stop at this comparison.
     if status != StatusCode::UNAUTHORIZED {
         return Verdict::Accepted;
     }
+    unauthorized_verdict(headers)
+}
+
+/// [`default_verdict`] for a 401: what its challenges say.
+fn unauthorized_verdict(headers: &HeaderMap) -> Verdict {
     let mut saw_bearer = false;
     for challenge in challenges(headers).filter(|c| c.is_scheme("Bearer")) {
         saw_bearer = true;
