@@ -144,14 +144,19 @@ where
     }
 }
 
-/// For callgrind: `HOT_PATH_INSTRUCTIONS=N` sends N empty requests through each variant, in a
-/// function of its own per variant, instead of running criterion. Instructions per request
-/// are then the cost inside each `drive_*` divided by N:
+/// For callgrind: `HOT_PATH_INSTRUCTIONS=N` sends N requests through each variant of both
+/// groups, in a function of its own per variant, instead of running criterion. Instructions
+/// per request are then the cost inside each `drive_*` divided by N (run it for two values of
+/// N and divide the difference, so that setup cancels out):
 ///
 /// ```text
 /// HOT_PATH_INSTRUCTIONS=100000 valgrind --tool=callgrind --toggle-collect='*drive_retry_off*' \
 ///     target/release/deps/hot_path-<hash>
 /// ```
+///
+/// The empty request's variants are `drive_add_authorization`, `drive_retry_off` and
+/// `drive_retry_on`; the request with headers and a body has `drive_headered_static_header`,
+/// `drive_headered_retry_off` and `drive_headered_retry_on`.
 mod instructions {
     use super::*;
 
@@ -185,12 +190,44 @@ mod instructions {
         drive(layer.layer(empty_api()), n);
     }
 
+    #[inline(never)]
+    fn drive_headered<S, ResBody>(mut service: S, n: u64)
+    where
+        S: Service<Request<Full<Bytes>>, Response = Response<ResBody>>,
+        S::Error: Debug,
+    {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..n {
+            black_box(send_ready(&mut service, &mut cx));
+        }
+    }
+
+    #[inline(never)]
+    fn drive_headered_static_header(n: u64) {
+        let layer =
+            SetRequestHeaderLayer::overriding(AUTHORIZATION, HeaderValue::from_static(BEARER));
+        drive_headered(layer.layer(api()), n);
+    }
+
+    #[inline(never)]
+    fn drive_headered_retry_off(layer: &oauth_refresh::RefreshLayer, n: u64) {
+        drive_headered(layer.clone().retry(false).layer(api()), n);
+    }
+
+    #[inline(never)]
+    fn drive_headered_retry_on(layer: &oauth_refresh::RefreshLayer, n: u64) {
+        drive_headered(layer.layer(api()), n);
+    }
+
     pub(super) fn run(n: u64) {
         let (rt, layer) = primed_layer();
         let _entered = rt.enter();
         drive_add_authorization(n);
         drive_retry_off(&layer, n);
         drive_retry_on(&layer, n);
+        drive_headered_static_header(n);
+        drive_headered_retry_off(&layer, n);
+        drive_headered_retry_on(&layer, n);
         assert_eq!(layer.stats().refreshes, 1);
     }
 }

@@ -62,16 +62,16 @@ impl<B: 'static> Replay<B> {
     /// Copies `request`, or `None` if its body cannot be replayed: neither the crate's list
     /// nor `replayers` knows its type, or the function for it declined. The list always
     /// copies what it knows.
-    pub(crate) fn capture(request: &Request<B>, replayers: &Replayers) -> Option<Box<Self>> {
+    pub(crate) fn capture(request: &Request<B>, replayers: &Replayers) -> Option<Self> {
         let body = clone_body(request.body()).or_else(|| replayers.clone_body(request.body()))?;
-        Some(Box::new(Replay {
+        Some(Replay {
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
             headers: copy_headers(request.headers()),
             extensions: request.extensions().clone(),
             body,
-        }))
+        })
     }
 
     /// The request again, with a new `Authorization` value.
@@ -93,6 +93,7 @@ impl<B: 'static> Replay<B> {
 }
 
 /// The headers as a list, sized once; an empty map costs no walk at all.
+#[inline]
 fn copy_headers(headers: &HeaderMap) -> Vec<(HeaderName, HeaderValue)> {
     if headers.is_empty() {
         return Vec::new();
@@ -208,7 +209,7 @@ mod tests {
             .unwrap();
         request.extensions_mut().insert(7u32);
         let replay = Replay::capture(&request, &Replayers::default()).unwrap();
-        let again = (*replay).into_request(HeaderValue::from_static("Bearer new"));
+        let again = replay.into_request(HeaderValue::from_static("Bearer new"));
         assert_eq!(again.method(), Method::POST);
         assert_eq!(again.uri(), "https://api.example.com/items?x=1");
         assert_eq!(again.headers()["content-type"], "application/json");
