@@ -24,7 +24,7 @@ use crate::error::RefreshError;
 use crate::extension::RetryStatus;
 use crate::replay::Replay;
 use crate::resend::{drain, read_prefix, token_for_resend};
-use crate::shared::Shared;
+use crate::shared::{Handle, Shared};
 
 type SlowFuture<ResBody> =
     Pin<Box<dyn Future<Output = Result<Response<RefreshBody<ResBody>>, BoxError>> + Send>>;
@@ -61,40 +61,8 @@ pin_project! {
         ResBody: Body,
     {
         #[pin]
-        state: State<S, ReqBody, ResBody>,
+        exchange: Exchange<S, ReqBody, ResBody, Arc<Shared>>,
     }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S, ReqBody, ResBody>
-    where
-        S: Service<Request<ReqBody>>,
-        ResBody: Body,
-    {
-        // The request is with the inner service; the response is yet to be classified.
-        Called {
-            #[pin]
-            future: S::Future,
-            after: Option<After<S, ReqBody>>,
-        },
-        // The request carried its own credentials: the response is returned as it is.
-        Passthrough {
-            #[pin]
-            future: S::Future,
-        },
-        // Waiting for a refresh, reading a body, or resending.
-        Slow { future: SlowFuture<ResBody> },
-        // Refused before sending.
-        Failed { error: Option<BoxError> },
-    }
-}
-
-/// What the fast path keeps for a response that turns out to need the slow path.
-pub(crate) struct After<S, B> {
-    shared: Arc<Shared>,
-    generation: u64,
-    resend: Resend<S, B>,
 }
 
 impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody, ResBody>
@@ -102,45 +70,8 @@ where
     S: Service<Request<ReqBody>>,
     ResBody: Body,
 {
-    pub(crate) fn called(
-        future: S::Future,
-        shared: Arc<Shared>,
-        generation: u64,
-        resend: Resend<S, ReqBody>,
-    ) -> Self {
-        let after = After {
-            shared,
-            generation,
-            resend,
-        };
-        ResponseFuture {
-            state: State::Called {
-                future,
-                after: Some(after),
-            },
-        }
-    }
-
-    pub(crate) fn passthrough(future: S::Future) -> Self {
-        ResponseFuture {
-            state: State::Passthrough { future },
-        }
-    }
-
-    pub(crate) fn slow(
-        future: impl Future<Output = Result<Response<RefreshBody<ResBody>>, BoxError>> + Send + 'static,
-    ) -> Self {
-        ResponseFuture {
-            state: State::Slow {
-                future: Box::pin(future),
-            },
-        }
-    }
-
-    pub(crate) fn failed(error: BoxError) -> Self {
-        ResponseFuture {
-            state: State::Failed { error: Some(error) },
-        }
+    pub(crate) fn new(exchange: Exchange<S, ReqBody, ResBody, Arc<Shared>>) -> Self {
+        ResponseFuture { exchange }
     }
 }
 
@@ -156,16 +87,130 @@ where
 {
     type Output = Result<Response<RefreshBody<ResBody>>, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        self.project().exchange.poll(cx)
+    }
+}
+
+impl<S, ReqBody, ResBody> std::fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+    ResBody: Body,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("state", &self.exchange.state())
+            .finish()
+    }
+}
+
+pin_project! {
+    /// One request's way through a layer, whichever the layer: the state machine behind the
+    /// response futures. `H` is what it keeps of the layer for the slow paths.
+    #[project = ExchangeProj]
+    pub(crate) enum Exchange<S, ReqBody, ResBody, H>
+    where
+        S: Service<Request<ReqBody>>,
+        ResBody: Body,
+    {
+        // The request is with the inner service; the response is yet to be classified.
+        Called {
+            #[pin]
+            future: S::Future,
+            after: Option<After<S, ReqBody, H>>,
+        },
+        // The request carried its own credentials: the response is returned as it is.
+        Passthrough {
+            #[pin]
+            future: S::Future,
+        },
+        // Waiting for a refresh (or a key's cell), reading a body, or resending.
+        Slow { future: SlowFuture<ResBody> },
+        // Refused before sending.
+        Failed { error: Option<BoxError> },
+    }
+}
+
+/// What the fast path keeps for a response that turns out to need the slow path.
+pub(crate) struct After<S, B, H> {
+    handle: H,
+    generation: u64,
+    resend: Resend<S, B>,
+}
+
+impl<S, ReqBody, ResBody, H> Exchange<S, ReqBody, ResBody, H>
+where
+    S: Service<Request<ReqBody>>,
+    ResBody: Body,
+{
+    pub(crate) fn called(
+        future: S::Future,
+        handle: H,
+        generation: u64,
+        resend: Resend<S, ReqBody>,
+    ) -> Self {
+        let after = After {
+            handle,
+            generation,
+            resend,
+        };
+        Exchange::Called {
+            future,
+            after: Some(after),
+        }
+    }
+
+    pub(crate) fn passthrough(future: S::Future) -> Self {
+        Exchange::Passthrough { future }
+    }
+
+    pub(crate) fn slow(
+        future: impl Future<Output = Result<Response<RefreshBody<ResBody>>, BoxError>> + Send + 'static,
+    ) -> Self {
+        Exchange::Slow {
+            future: Box::pin(future),
+        }
+    }
+
+    pub(crate) fn failed(error: BoxError) -> Self {
+        Exchange::Failed { error: Some(error) }
+    }
+
+    /// The state's name, for `Debug`.
+    pub(crate) fn state(&self) -> &'static str {
+        match self {
+            Exchange::Called { .. } => "called",
+            Exchange::Passthrough { .. } => "passthrough",
+            Exchange::Slow { .. } => "slow",
+            Exchange::Failed { .. } => "failed",
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody, H> Future for Exchange<S, ReqBody, ResBody, H>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+    H: Handle,
+{
+    type Output = Result<Response<RefreshBody<ResBody>>, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            match this.state.as_mut().project() {
-                StateProj::Called { future, after } => {
+            match self.as_mut().project() {
+                ExchangeProj::Called { future, after } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     let verdict = after
                         .as_ref()
                         .expect("ResponseFuture polled after completion")
-                        .shared
+                        .handle
+                        .options()
                         .classifier
                         .classify(response.status(), response.headers());
                     if verdict == Verdict::Accepted {
@@ -174,22 +219,22 @@ where
                     }
                     let after = after.take().expect("checked above");
                     let slow = finish(
-                        after.shared,
+                        after.handle,
                         response,
                         after.generation,
                         verdict,
                         after.resend,
                     );
-                    this.state.set(State::Slow {
+                    self.set(Exchange::Slow {
                         future: Box::pin(slow),
                     });
                 }
-                StateProj::Passthrough { future } => {
+                ExchangeProj::Passthrough { future } => {
                     let response = ready!(future.poll(cx)).map_err(Into::into)?;
                     return Poll::Ready(Ok(response.map(RefreshBody::new)));
                 }
-                StateProj::Slow { future } => return future.as_mut().poll(cx),
-                StateProj::Failed { error } => {
+                ExchangeProj::Slow { future } => return future.as_mut().poll(cx),
+                ExchangeProj::Failed { error } => {
                     let error = error
                         .take()
                         .expect("ResponseFuture polled after completion");
@@ -200,28 +245,10 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> std::fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
-where
-    S: Service<Request<ReqBody>>,
-    ResBody: Body,
-{
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = match &self.state {
-            State::Called { .. } => "called",
-            State::Passthrough { .. } => "passthrough",
-            State::Slow { .. } => "slow",
-            State::Failed { .. } => "failed",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish()
-    }
-}
-
 /// The EXPIRED path: waits for the shared refresh, then sends as the fast path would.
 /// `service` is an unreadied clone: no permit is held while waiting.
-pub(crate) async fn send_after_refresh<S, ReqBody, ResBody>(
-    shared: Arc<Shared>,
+pub(crate) async fn send_after_refresh<S, ReqBody, ResBody, H>(
+    handle: H,
     service: S,
     mut request: Request<ReqBody>,
     resend: Resend<S, ReqBody>,
@@ -234,9 +261,10 @@ where
     ResBody: Body + Send + 'static,
     ResBody::Data: Send,
     ResBody::Error: Into<BoxError>,
+    H: Handle,
 {
-    let token = shared
-        .cell
+    let token = handle
+        .cell()
         .clone()
         .acquire()
         .await
@@ -245,7 +273,8 @@ where
         .headers_mut()
         .insert(header::AUTHORIZATION, token.header.get());
     let response = service.oneshot(request).await.map_err(Into::into)?;
-    let verdict = shared
+    let verdict = handle
+        .options()
         .classifier
         .classify(response.status(), response.headers());
     if verdict == Verdict::Accepted {
@@ -253,13 +282,13 @@ where
     }
     // Boxed: inline, the rare rest would make every request that waits for a refresh (all of
     // a stampede's callers) hold a future half as large again (1456 bytes rather than 976).
-    Box::pin(finish(shared, response, token.generation, verdict, resend)).await
+    Box::pin(finish(handle, response, token.generation, verdict, resend)).await
 }
 
 /// Everything after a first response that was not plainly accepted: reads the body prefix if
 /// the classifier asked, and on rejection resends once (or marks why not).
-async fn finish<S, ReqBody, ResBody>(
-    shared: Arc<Shared>,
+async fn finish<S, ReqBody, ResBody, H>(
+    handle: H,
     response: Response<ResBody>,
     generation: u64,
     verdict: Verdict,
@@ -273,7 +302,9 @@ where
     ResBody: Body + Send + 'static,
     ResBody::Data: Send,
     ResBody::Error: Into<BoxError>,
+    H: Handle,
 {
+    let options = handle.options();
     let (parts, body) = response.into_parts();
     let (rejected, body) = match verdict {
         Verdict::Accepted => (false, RefreshBody::new(body)),
@@ -283,7 +314,7 @@ where
             let (frames, prefix) = read_prefix(body.as_mut(), limit)
                 .await
                 .map_err(Into::into)?;
-            let rejected = shared
+            let rejected = options
                 .classifier
                 .classify_body(parts.status, &parts.headers, &prefix);
             (rejected, RefreshBody::with_read_frames(frames, body))
@@ -296,13 +327,13 @@ where
         Resend::Replay { service, replay } => (service, replay),
         Resend::Unavailable(status) => {
             // No resend, but the refresh the rejection asks for still starts.
-            shared.cell.note_rejection(generation);
+            handle.cell().note_rejection(generation);
             let mut response = Response::from_parts(parts, body);
             response.extensions_mut().insert(status);
             return Ok(response);
         }
     };
-    let Some(token) = token_for_resend(&shared, generation) else {
+    let Some(token) = token_for_resend(handle.cell(), generation) else {
         let mut response = Response::from_parts(parts, body);
         response.extensions_mut().insert(RetryStatus::BackedOff);
         return Ok(response);

@@ -9,9 +9,8 @@ use tower_layer::Layer;
 use crate::cell::{MAX_SPAN, Schedule, Stats, TokenCell};
 use crate::classify::ClassifyRejection;
 use crate::error::RefreshError;
-use crate::replay::Replayers;
 use crate::service::Refresh;
-use crate::shared::{Classifier, Shared};
+use crate::shared::{Classifier, Options, Shared};
 use crate::source::TokenSource;
 use crate::token::TokenSet;
 
@@ -103,14 +102,15 @@ impl RefreshLayer {
     /// Replaces the rule that decides whether a response means the token was rejected, for
     /// this value and the clones made from it. See [`classify`](crate::classify).
     pub fn classifier(mut self, classifier: impl ClassifyRejection) -> Self {
-        Arc::make_mut(&mut self.shared).classifier = Classifier::Custom(Arc::new(classifier));
+        Arc::make_mut(&mut self.shared).options.classifier =
+            Classifier::Custom(Arc::new(classifier));
         self
     }
 
     /// Whether a request whose token was rejected is resent once (default `true`), for this
     /// value and the clones made from it.
     pub fn retry(mut self, retry: bool) -> Self {
-        Arc::make_mut(&mut self.shared).retry = retry;
+        Arc::make_mut(&mut self.shared).options.retry = retry;
         self
     }
 
@@ -146,8 +146,8 @@ impl RefreshLayer {
         mut self,
         clone: impl Fn(&B) -> Option<B> + Send + Sync + 'static,
     ) -> Self {
-        let shared = Arc::make_mut(&mut self.shared);
-        shared.replayers = shared.replayers.with(clone);
+        let options = &mut Arc::make_mut(&mut self.shared).options;
+        options.replayers = options.replayers.with(clone);
         self
     }
 
@@ -155,7 +155,7 @@ impl RefreshLayer {
     /// `false`: such requests fail with [`InsecureTransport`](crate::InsecureTransport)), for
     /// this value and the clones made from it.
     pub fn allow_insecure_http(mut self, allow: bool) -> Self {
-        Arc::make_mut(&mut self.shared).allow_insecure_http = allow;
+        Arc::make_mut(&mut self.shared).options.allow_insecure_http = allow;
         self
     }
 
@@ -230,10 +230,7 @@ impl RefreshLayerBuilder {
         RefreshLayer {
             shared: Arc::new(Shared {
                 cell: Arc::new(TokenCell::new(self.source, self.schedule)),
-                classifier: Classifier::Default,
-                retry: true,
-                allow_insecure_http: false,
-                replayers: Replayers::default(),
+                options: Options::default(),
             }),
         }
     }
@@ -264,8 +261,11 @@ impl fmt::Debug for RefreshLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RefreshLayer")
             .field("cell", &self.shared.cell)
-            .field("retry", &self.shared.retry)
-            .field("allow_insecure_http", &self.shared.allow_insecure_http)
+            .field("retry", &self.shared.options.retry)
+            .field(
+                "allow_insecure_http",
+                &self.shared.options.allow_insecure_http,
+            )
             .finish_non_exhaustive()
     }
 }

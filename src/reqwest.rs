@@ -8,17 +8,20 @@
 //! Refresh failures are `reqwest_middleware::Error::Middleware`, holding the crate's own error
 //! type; the crate docs' reqwest quick start shows the downcast.
 
+use std::sync::Arc;
+
 use http::{Extensions, header};
 use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Error, Middleware, Next};
 
 use crate::body::RefreshBody;
+use crate::cell::TokenCell;
 use crate::classify::Verdict;
 use crate::error::{InsecureTransport, RefreshError, is_loopback};
 use crate::extension::{NoRetry, RetryStatus, SkipAuth};
 use crate::layer::RefreshLayer;
 use crate::resend::{drain, read_prefix, token_for_resend};
-use crate::shared::Shared;
+use crate::shared::Options;
 
 #[async_trait::async_trait]
 impl Middleware for RefreshLayer {
@@ -28,15 +31,23 @@ impl Middleware for RefreshLayer {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
-        send(&self.shared, request, extensions, next).await
+        send(
+            &self.shared.cell,
+            &self.shared.options,
+            request,
+            extensions,
+            next,
+        )
+        .await
     }
 }
 
 /// The request path. The fast path (token FRESH or STALE, response accepted) stays in this
 /// small future; waiting for a refresh, reading a body prefix and the resend are boxed, so
 /// that their state is not moved with every request.
-async fn send(
-    shared: &Shared,
+pub(crate) async fn send(
+    cell: &Arc<TokenCell>,
+    options: &Options,
     mut request: Request,
     extensions: &mut Extensions,
     next: Next<'_>,
@@ -46,20 +57,20 @@ async fn send(
     {
         return next.run(request, extensions).await;
     }
-    if !shared.allow_insecure_http
+    if !options.allow_insecure_http
         && let Some(host) = insecure_host(request.url())
     {
         return Err(Error::middleware(InsecureTransport::new(host)));
     }
-    let (authorization, generation) = match shared.cell.current() {
+    let (authorization, generation) = match cell.current() {
         Some(current) => current,
         None => {
-            let acquire = Box::pin(shared.cell.clone().acquire());
+            let acquire = Box::pin(cell.clone().acquire());
             let token = acquire.await.map_err(middleware_error)?;
             (token.header.get(), token.generation)
         }
     };
-    let retry = shared.retry && extensions.get::<NoRetry>().is_none();
+    let retry = options.retry && extensions.get::<NoRetry>().is_none();
     // `None` for a streaming body: such a request is sent once, never failed up front.
     let replay = if retry { request.try_clone() } else { None };
     request
@@ -67,43 +78,40 @@ async fn send(
         .insert(header::AUTHORIZATION, authorization);
 
     let response = next.clone().run(request, extensions).await?;
-    let mut response = match shared
+    let mut response = match options
         .classifier
         .classify(response.status(), response.headers())
     {
         Verdict::Accepted => return Ok(response),
         Verdict::TokenRejected => response,
-        Verdict::ReadBody { limit } => match Box::pin(read_body(shared, response, limit)).await? {
+        Verdict::ReadBody { limit } => match Box::pin(read_body(options, response, limit)).await? {
             (false, response) => return Ok(response),
             (true, response) => response,
         },
     };
     let Some(replay) = replay else {
         // No resend, but the refresh the rejection asks for still starts.
-        shared.cell.note_rejection(generation);
+        cell.note_rejection(generation);
         response.extensions_mut().insert(match retry {
             true => RetryStatus::BodyNotReplayable,
             false => RetryStatus::Disabled,
         });
         return Ok(response);
     };
-    Box::pin(resend(
-        shared, response, generation, replay, extensions, next,
-    ))
-    .await
+    Box::pin(resend(cell, response, generation, replay, extensions, next)).await
 }
 
 /// After a rejection: drains the rejected body, gets a newer token (the one shared refresh,
 /// unless another request already replaced the rejected one) and resends once.
 async fn resend(
-    shared: &Shared,
+    cell: &Arc<TokenCell>,
     mut rejected: Response,
     generation: u64,
     mut replay: Request,
     extensions: &mut Extensions,
     next: Next<'_>,
 ) -> reqwest_middleware::Result<Response> {
-    let Some(token) = token_for_resend(shared, generation) else {
+    let Some(token) = token_for_resend(cell, generation) else {
         rejected.extensions_mut().insert(RetryStatus::BackedOff);
         return Ok(rejected);
     };
@@ -121,7 +129,7 @@ async fn resend(
 /// Reads up to `limit` bytes of the body for the classifier's verdict, and gives the
 /// response back whole.
 async fn read_body(
-    shared: &Shared,
+    options: &Options,
     response: Response,
     limit: usize,
 ) -> reqwest_middleware::Result<(bool, Response)> {
@@ -130,7 +138,7 @@ async fn read_body(
     let (parts, body) = http::Response::from(response).into_parts();
     let mut body = Box::pin(body);
     let (frames, prefix) = read_prefix(body.as_mut(), limit).await?;
-    let rejected = shared
+    let rejected = options
         .classifier
         .classify_body(parts.status, &parts.headers, &prefix);
     let body = reqwest::Body::wrap(RefreshBody::with_read_frames(frames, body));

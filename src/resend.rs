@@ -4,15 +4,15 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Buf;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 
-use crate::cell::Token;
+use crate::cell::{Token, TokenCell};
 use crate::error::RefreshError;
-use crate::shared::Shared;
 
 /// Past this much, a rejected response's body is dropped rather than drained: the connection
 /// is then not reused, which costs less than reading a large body nobody wants.
@@ -24,11 +24,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// rejection goes back as it came (refreshes for rejections are spaced out). Counts the
 /// resend, which the caller makes exactly once.
 pub(crate) fn token_for_resend(
-    shared: &Shared,
+    cell: &Arc<TokenCell>,
     generation: u64,
 ) -> Option<impl Future<Output = Result<Token, RefreshError>> + Send + 'static> {
-    let token = shared.cell.after_rejection(generation)?;
-    let cell = shared.cell.clone();
+    let token = cell.after_rejection(generation)?;
+    let cell = cell.clone();
     Some(async move {
         let token = token.await?;
         cell.count_retry();

@@ -14,7 +14,7 @@ use crate::body::RefreshBody;
 use crate::cell::View;
 use crate::error::{InsecureTransport, is_loopback};
 use crate::extension::{NoRetry, SkipAuth};
-use crate::future::{self, Resend, ResponseFuture};
+use crate::future::{self, Exchange, Resend, ResponseFuture};
 use crate::replay::Replay;
 use crate::shared::Shared;
 
@@ -136,17 +136,18 @@ where
         if request.extensions().get::<SkipAuth>().is_some()
             || (!headers.is_empty() && headers.contains_key(header::AUTHORIZATION))
         {
-            return ResponseFuture::passthrough(self.inner.call(request));
+            return ResponseFuture::new(Exchange::passthrough(self.inner.call(request)));
         }
-        if !self.shared.allow_insecure_http
+        let options = &self.shared.options;
+        if !options.allow_insecure_http
             && let Some(host) = insecure_host(request.uri())
         {
-            return ResponseFuture::failed(InsecureTransport::new(host).into());
+            return ResponseFuture::new(Exchange::failed(InsecureTransport::new(host).into()));
         }
-        let retry = self.shared.retry && request.extensions().get::<NoRetry>().is_none();
+        let retry = options.retry && request.extensions().get::<NoRetry>().is_none();
         // Copied before the token goes in.
         let replay = if retry {
-            Replay::capture(&request, &self.shared.replayers)
+            Replay::capture(&request, &options.replayers)
         } else {
             None
         };
@@ -160,12 +161,12 @@ where
                 Some(replay) => Resend::replay(later.clone(), replay),
                 None => Resend::unavailable(retry),
             };
-            return ResponseFuture::slow(future::send_after_refresh(
+            return ResponseFuture::new(Exchange::slow(future::send_after_refresh(
                 self.shared.clone(),
                 later,
                 request,
                 resend,
-            ));
+            )));
         };
         request
             .headers_mut()
@@ -182,7 +183,12 @@ where
             }
             None => (self.inner.call(request), Resend::unavailable(retry)),
         };
-        ResponseFuture::called(response, self.shared.clone(), generation, resend)
+        ResponseFuture::new(Exchange::called(
+            response,
+            self.shared.clone(),
+            generation,
+            resend,
+        ))
     }
 }
 

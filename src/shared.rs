@@ -1,4 +1,5 @@
-//! [`Shared`]: what the tower service and the reqwest middleware read per request.
+//! [`Shared`] and [`Handle`]: what the tower service and the reqwest middleware read per
+//! request.
 
 use std::sync::Arc;
 
@@ -8,16 +9,53 @@ use http::{HeaderMap, StatusCode};
 use crate::classify::{ClassifyRejection, Verdict, default_verdict};
 use crate::replay::Replayers;
 
-/// What a service needs per request: the shared cell and this layer value's options. One
-/// `Arc`, so a request clones one pointer.
+/// A layer value's request-path options: set per value, copied into each service it builds.
 #[derive(Clone)]
-pub(crate) struct Shared {
-    pub(crate) cell: Arc<TokenCell>,
+pub(crate) struct Options {
     pub(crate) classifier: Classifier,
     pub(crate) retry: bool,
     pub(crate) allow_insecure_http: bool,
     /// Body types this layer value was taught to replay.
     pub(crate) replayers: Replayers,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            classifier: Classifier::Default,
+            retry: true,
+            allow_insecure_http: false,
+            replayers: Replayers::default(),
+        }
+    }
+}
+
+/// What a single-token service needs per request: the shared cell and this layer value's
+/// options. One `Arc`, so a request clones one pointer.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) cell: Arc<TokenCell>,
+    pub(crate) options: Options,
+}
+
+/// What a request keeps of its layer for the slow paths: the token cell it was sent with and
+/// the options of the layer value that sent it. The single-token layer keeps both behind one
+/// `Arc`; a keyed layer pairs the key's cell with its options.
+pub(crate) trait Handle: Send + Sync + 'static {
+    fn cell(&self) -> &Arc<TokenCell>;
+    fn options(&self) -> &Options;
+}
+
+impl Handle for Arc<Shared> {
+    #[inline]
+    fn cell(&self) -> &Arc<TokenCell> {
+        &self.cell
+    }
+
+    #[inline]
+    fn options(&self) -> &Options {
+        &self.options
+    }
 }
 
 /// The rule that reads each response: the default one called directly, since a dynamic call
