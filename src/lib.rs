@@ -402,6 +402,7 @@ mod future;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod keyed;
 mod layer;
 pub mod oauth;
 mod persist;

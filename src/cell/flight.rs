@@ -254,11 +254,15 @@ impl TokenCell {
         let budget = self.schedule.refresh_timeout;
         let stored = tokio::time::timeout(budget, unwind_safe(self.source.persist(&update)));
         let failure = match stored.await {
-            Ok(Ok(Ok(()))) => return,
+            Ok(Ok(Ok(()))) => {
+                self.lock_slot().unstored = false;
+                return;
+            }
             Ok(Ok(Err(error))) => error.to_string(),
             Ok(Err(Panicked)) => "the hook panicked".to_owned(),
             Err(_elapsed) => format!("the hook took longer than {budget:?}"),
         };
+        self.lock_slot().unstored = true;
         self.counters
             .persist_failures
             .fetch_add(1, Ordering::Relaxed);

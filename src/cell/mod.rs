@@ -130,6 +130,9 @@ struct Slot {
     /// A change of tokens the persistence hook has not been handed yet. The next flight
     /// hands it over before it lets anyone go on.
     unpersisted: Option<TokenUpdate>,
+    /// The last change handed to the hook was not stored (the hook failed): the store holds
+    /// older tokens than this cell.
+    unstored: bool,
 }
 
 impl Slot {
@@ -517,6 +520,15 @@ impl TokenCell {
         let mut next = Snapshot::clone(&self.snapshot.load());
         edit(&mut next);
         self.snapshot.store(Arc::new(next));
+    }
+
+    /// Whether nothing of this cell is under way: no refresh or persistence running, no
+    /// change of tokens waiting for the persistence hook, and the last one stored. Only such
+    /// a cell may be dropped while its key lives on: the next one is built from what the
+    /// store holds.
+    pub(crate) fn is_settled(&self) -> bool {
+        let slot = self.lock_slot();
+        slot.flight.is_none() && slot.unpersisted.is_none() && !slot.unstored
     }
 
     /// Counts a request resent after its token was rejected.

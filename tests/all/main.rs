@@ -13,6 +13,7 @@ mod grants;
 mod hostile;
 #[cfg(feature = "reqwest")]
 mod interop;
+mod keyed;
 #[cfg(feature = "reqwest")]
 mod middleware;
 mod oidc_provider;

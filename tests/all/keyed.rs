@@ -1,0 +1,356 @@
+//! A keyed layer: a token cell per key, made by a factory on first use, never a token of
+//! another key, idle cells evicted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use oauth_refresh::keyed::{KeyError, KeyedRefreshLayer, SourceFactory, factory_fn};
+use oauth_refresh::{
+    AccessToken, BoxError, BoxFuture, ReauthRequired, RefreshError, RefreshToken, TokenSet,
+    TokenSource, TokenUpdate, source_fn,
+};
+use tower::{Layer, ServiceExt};
+
+use crate::support::{Api, Req, get, send, text};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct User(&'static str);
+
+fn for_user(user: &'static str) -> Req {
+    let mut request = get();
+    request.extensions_mut().insert(User(user));
+    request
+}
+
+/// Issues `<user>-<n>` tokens for each user; counts factory calls and fetches per user.
+#[derive(Clone, Default)]
+struct Users {
+    made: Arc<Mutex<HashMap<&'static str, usize>>>,
+    fetched: Arc<Mutex<HashMap<&'static str, usize>>>,
+    /// Users the factory does not know.
+    unknown: &'static [&'static str],
+    /// Users whose grant the server refuses.
+    refused: &'static [&'static str],
+    lifetime: Option<Duration>,
+}
+
+impl Users {
+    fn made(&self, user: &str) -> usize {
+        self.made.lock().unwrap().get(user).copied().unwrap_or(0)
+    }
+
+    fn fetched(&self, user: &str) -> usize {
+        self.fetched.lock().unwrap().get(user).copied().unwrap_or(0)
+    }
+}
+
+impl SourceFactory<User> for Users {
+    fn source(&self, user: User) -> BoxFuture<'_, Result<Option<Box<dyn TokenSource>>, BoxError>> {
+        Box::pin(async move {
+            // The factory is async: a database read, say.
+            tokio::task::yield_now().await;
+            *self.made.lock().unwrap().entry(user.0).or_default() += 1;
+            if self.unknown.contains(&user.0) {
+                return Ok(None);
+            }
+            let fetched = self.fetched.clone();
+            let refused = self.refused.contains(&user.0);
+            let lifetime = self.lifetime.unwrap_or(Duration::from_secs(3600));
+            let source = source_fn(move |_request| {
+                let n = {
+                    let mut fetched = fetched.lock().unwrap();
+                    let n = fetched.entry(user.0).or_default();
+                    *n += 1;
+                    *n
+                };
+                async move {
+                    if refused {
+                        return Err(ReauthRequired::new("invalid_grant").into());
+                    }
+                    Ok(TokenSet::new(AccessToken::new(format!("{}-{n}", user.0)))
+                        .with_expires_in(lifetime))
+                }
+            });
+            Ok(Some(Box::new(source) as Box<dyn TokenSource>))
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_key_gets_its_own_token_and_never_anothers() {
+    let users = Users::default();
+    let layer = KeyedRefreshLayer::new(users.clone());
+    let mut service = layer.layer(Api::open());
+
+    for round in 0..3 {
+        for user in ["alice", "bob", "carol"] {
+            let response = send(&mut service, for_user(user)).await.unwrap();
+            assert_eq!(
+                text(response).await,
+                format!("hello {user}-1"),
+                "round {round}"
+            );
+        }
+    }
+    assert_eq!(layer.cells(), 3);
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(users.made(user), 1, "one cell per key");
+        assert_eq!(users.fetched(user), 1, "one token per key");
+        assert_eq!(layer.stats(&User(user)).unwrap().refreshes, 1);
+    }
+    assert!(layer.stats(&User("dave")).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_without_a_key_fails_and_is_not_sent() {
+    let api = Api::open();
+    let mut service = KeyedRefreshLayer::new(Users::default()).layer(api.clone());
+
+    let error = send(&mut service, get()).await.unwrap_err();
+    let error = error.downcast_ref::<KeyError>().expect("a KeyError");
+    assert!(error.is_missing(), "{error:?}");
+    assert_eq!(error.to_string(), "the request names no token key");
+    assert_eq!(api.calls(), 0, "never sent, with or without a token");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unknown_key_fails_and_is_not_sent_while_others_work() {
+    let users = Users {
+        unknown: &["mallory"],
+        ..Users::default()
+    };
+    let api = Api::open();
+    let mut service = KeyedRefreshLayer::new(users.clone()).layer(api.clone());
+
+    let error = send(&mut service, for_user("mallory")).await.unwrap_err();
+    assert!(error.downcast_ref::<KeyError>().unwrap().is_unknown());
+    assert_eq!(api.calls(), 0);
+    let response = send(&mut service, for_user("alice")).await.unwrap();
+    assert_eq!(text(response).await, "hello alice-1");
+    // An unknown key is asked about again: it may have signed in since.
+    send(&mut service, for_user("mallory")).await.unwrap_err();
+    assert_eq!(users.made("mallory"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_factory_failure_is_that_requests_error_and_the_next_request_asks_again() {
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let layer = KeyedRefreshLayer::new(factory_fn(move |user: User| {
+        let attempt = counter.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            if attempt == 1 {
+                return Err(BoxError::from("database unavailable"));
+            }
+            let source = source_fn(move |_| async move {
+                Ok(TokenSet::new(AccessToken::new(format!("{}-1", user.0))))
+            });
+            Ok(Some(Box::new(source) as Box<dyn TokenSource>))
+        }
+    }));
+    let api = Api::open();
+    let mut service = layer.layer(api.clone());
+
+    let error = send(&mut service, for_user("alice")).await.unwrap_err();
+    let key_error = error.downcast_ref::<KeyError>().unwrap();
+    assert!(key_error.is_factory_failure());
+    let source = std::error::Error::source(key_error).unwrap();
+    assert_eq!(source.to_string(), "database unavailable");
+    assert_eq!(api.calls(), 0);
+
+    let response = send(&mut service, for_user("alice")).await.unwrap();
+    assert_eq!(text(response).await, "hello alice-1");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_first_requests_of_a_key_share_one_factory_call_and_one_refresh() {
+    let users = Users::default();
+    let layer = KeyedRefreshLayer::new(users.clone());
+    let service = layer.layer(Api::open());
+
+    let requests = (0..100).map(|i| {
+        let service = service.clone();
+        let user = if i % 2 == 0 { "alice" } else { "bob" };
+        tokio::spawn(async move {
+            let response = service.oneshot(for_user(user)).await.unwrap();
+            (user, text(response).await)
+        })
+    });
+    for request in requests.collect::<Vec<_>>() {
+        let (user, body) = request.await.unwrap();
+        assert_eq!(body, format!("hello {user}-1"));
+    }
+    assert_eq!((users.made("alice"), users.made("bob")), (1, 1));
+    assert_eq!((users.fetched("alice"), users.fetched("bob")), (1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reauth_required_for_one_key_leaves_the_others_working() {
+    let users = Users {
+        refused: &["bob"],
+        ..Users::default()
+    };
+    let mut service = KeyedRefreshLayer::new(users).layer(Api::open());
+
+    let error = send(&mut service, for_user("bob")).await.unwrap_err();
+    let reauth = error
+        .downcast_ref::<ReauthRequired>()
+        .expect("ReauthRequired");
+    assert_eq!(reauth.error(), "invalid_grant");
+    let response = send(&mut service, for_user("alice")).await.unwrap();
+    assert_eq!(text(response).await, "hello alice-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_keys_expiry_and_rejection_refresh_that_key_alone() {
+    let users = Users {
+        lifetime: Some(Duration::from_secs(60)),
+        ..Users::default()
+    };
+    let api = Api::open();
+    let mut service = KeyedRefreshLayer::new(users.clone()).layer(api.clone());
+
+    for user in ["alice", "bob"] {
+        send(&mut service, for_user(user)).await.unwrap();
+    }
+    // alice's token is revoked: the API rejects it, her request is resent with her next one.
+    api.set_policy(|token| token != "alice-1");
+    let response = send(&mut service, for_user("alice")).await.unwrap();
+    assert_eq!(text(response).await, "hello alice-2");
+    let response = send(&mut service, for_user("bob")).await.unwrap();
+    assert_eq!(
+        text(response).await,
+        "hello bob-1",
+        "bob's token is untouched"
+    );
+
+    // Both expire: each is refreshed once, with its own token.
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    for user in ["alice", "bob", "alice", "bob"] {
+        send(&mut service, for_user(user)).await.unwrap();
+    }
+    assert_eq!((users.fetched("alice"), users.fetched("bob")), (3, 2));
+    let seen = api.seen();
+    assert_eq!(
+        seen[seen.len() - 4..],
+        [
+            Some("Bearer alice-3".into()),
+            Some("Bearer bob-2".into()),
+            Some("Bearer alice-3".into()),
+            Some("Bearer bob-2".into()),
+        ]
+    );
+}
+
+/// A factory whose users rotate refresh tokens, with a hook that records what it is handed
+/// per key.
+#[derive(Clone, Default)]
+struct Rotating {
+    stored: Arc<Mutex<Vec<Stored>>>,
+}
+
+/// A key and the refresh token its hook was handed.
+type Stored = (User, Option<String>);
+
+impl SourceFactory<User> for Rotating {
+    fn source(&self, user: User) -> BoxFuture<'_, Result<Option<Box<dyn TokenSource>>, BoxError>> {
+        let n = Arc::new(AtomicUsize::new(0));
+        let source = source_fn(move |request| {
+            let n = n.fetch_add(1, Ordering::SeqCst) + 1;
+            let presented = request.refresh_token.map(|t| t.secret().to_owned());
+            async move {
+                let expected = (n > 1).then(|| format!("rt-{}-{}", user.0, n - 1));
+                assert_eq!(presented, expected, "the key's own newest refresh token");
+                Ok(TokenSet::new(AccessToken::new(format!("{}-{n}", user.0)))
+                    .with_refresh_token(RefreshToken::new(format!("rt-{}-{n}", user.0)))
+                    .with_expires_in(Duration::from_secs(60)))
+            }
+        });
+        Box::pin(async move { Ok(Some(Box::new(source) as Box<dyn TokenSource>)) })
+    }
+
+    fn persist(&self, user: &User, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
+        let refresh_token = update.refresh_token.as_ref().map(|t| t.secret().to_owned());
+        self.stored
+            .lock()
+            .unwrap()
+            .push((user.clone(), refresh_token));
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_persistence_hook_gets_each_keys_rotated_refresh_token_with_the_key() {
+    let rotating = Rotating::default();
+    let layer = KeyedRefreshLayer::new(rotating.clone());
+    let mut service = layer.layer(Api::open());
+
+    for user in ["alice", "bob"] {
+        send(&mut service, for_user(user)).await.unwrap();
+    }
+    layer.refresh(&User("alice")).await.unwrap();
+    let stored = rotating.stored.lock().unwrap().clone();
+    assert_eq!(
+        stored,
+        [
+            (User("alice"), Some("rt-alice-1".into())),
+            (User("bob"), Some("rt-bob-1".into())),
+            (User("alice"), Some("rt-alice-2".into())),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_function_derives_the_key_from_the_request() {
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    struct Tenant(String);
+
+    let layer = KeyedRefreshLayer::new(factory_fn(|tenant: Tenant| async move {
+        let source = source_fn(move |_| {
+            let token = format!("token-of-{}", tenant.0);
+            async move { Ok(TokenSet::new(AccessToken::new(token))) }
+        });
+        Ok(Some(Box::new(source) as Box<dyn TokenSource>))
+    }))
+    .key_fn(|request| {
+        let tenant = request.host()?.strip_suffix(".api.test")?;
+        Some(Tenant(tenant.to_owned()))
+    });
+    let api = Api::open();
+    let mut service = layer.layer(api.clone());
+
+    for host in ["acme", "globex"] {
+        let request = http::Request::get(format!("https://{host}.api.test/items"))
+            .body(Default::default())
+            .unwrap();
+        let response = send(&mut service, request).await.unwrap();
+        assert_eq!(text(response).await, format!("hello token-of-{host}"));
+    }
+    let error = send(&mut service, get()).await.unwrap_err();
+    assert!(error.downcast_ref::<KeyError>().unwrap().is_missing());
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_by_key_makes_the_cell_and_reports_a_key_error_for_an_unknown_key() {
+    let users = Users {
+        unknown: &["mallory"],
+        ..Users::default()
+    };
+    let layer = KeyedRefreshLayer::new(users.clone());
+    layer.refresh(&User("alice")).await.unwrap();
+    assert_eq!(users.fetched("alice"), 1);
+    let error = layer.refresh(&User("mallory")).await.unwrap_err();
+    assert!(matches!(error, oauth_refresh::keyed::KeyedRefreshError::Key(ref e) if e.is_unknown()));
+    let refused = KeyedRefreshLayer::new(Users {
+        refused: &["bob"],
+        ..Users::default()
+    });
+    let error = refused.refresh(&User("bob")).await.unwrap_err();
+    assert!(matches!(
+        error,
+        oauth_refresh::keyed::KeyedRefreshError::Refresh(RefreshError::Reauth(_))
+    ));
+}
