@@ -29,6 +29,18 @@ struct Counting;
 thread_local! {
     static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
     static ALLOCATED_BYTES: Cell<usize> = const { Cell::new(0) };
+    static THREAD_LIVE_BYTES: Cell<isize> = const { Cell::new(0) };
+}
+
+/// Bytes allocated on the current thread less bytes freed on it: what a test running on a
+/// current-thread runtime holds, whatever other tests do meanwhile.
+pub fn thread_live_bytes() -> isize {
+    THREAD_LIVE_BYTES.with(Cell::get)
+}
+
+fn live_here(bytes: isize) {
+    // `try_with`: a thread's own teardown frees after its thread-locals are gone.
+    let _ = THREAD_LIVE_BYTES.try_with(|n| n.set(n.get().wrapping_add(bytes)));
 }
 
 /// Bytes the current thread has allocated so far, never decreased by frees: a reallocation
@@ -55,10 +67,12 @@ pub fn live_bytes() -> usize {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count(layout.size());
+        live_here(layout.size() as isize);
         LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live_here(-(layout.size() as isize));
         LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -66,6 +80,7 @@ unsafe impl GlobalAlloc for Counting {
         count(new_size);
         let new = unsafe { System.realloc(ptr, layout, new_size) };
         if !new.is_null() {
+            live_here(new_size as isize - layout.size() as isize);
             LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
             LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
         }

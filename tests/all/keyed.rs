@@ -354,3 +354,222 @@ async fn refresh_by_key_makes_the_cell_and_reports_a_key_error_for_an_unknown_ke
         oauth_refresh::keyed::KeyedRefreshError::Refresh(RefreshError::Reauth(_))
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_cell_is_evicted_and_its_users_next_request_rebuilds_it_from_the_factory() {
+    let users = Users::default();
+    let layer = KeyedRefreshLayer::builder(users.clone())
+        .idle_timeout(Duration::from_secs(60))
+        .build();
+    let mut service = layer.layer(Api::open());
+
+    send(&mut service, for_user("alice")).await.unwrap();
+    send(&mut service, for_user("bob")).await.unwrap();
+    // bob keeps using his; alice goes quiet.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        send(&mut service, for_user("bob")).await.unwrap();
+    }
+    assert_eq!(layer.cells(), 1, "alice's cell went after 60 to 75 s idle");
+    assert!(layer.stats(&User("alice")).is_none());
+    assert_eq!(users.made("bob"), 1, "bob's cell stayed");
+
+    let response = send(&mut service, for_user("alice")).await.unwrap();
+    assert_eq!(
+        text(response).await,
+        "hello alice-2",
+        "a new cell, a new token"
+    );
+    assert_eq!(users.made("alice"), 2, "rebuilt from the factory");
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_cap_the_least_recently_used_cells_go_first() {
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    struct Id(u32);
+    let layer = KeyedRefreshLayer::builder(factory_fn(|id: Id| async move {
+        let source = source_fn(move |_| {
+            let token = format!("id-{}", id.0);
+            async move { Ok(TokenSet::new(AccessToken::new(token))) }
+        });
+        Ok(Some(Box::new(source) as Box<dyn TokenSource>))
+    }))
+    .idle_timeout(Duration::from_secs(60))
+    .max_cells(8)
+    .build();
+    let mut service = layer.layer(Api::open());
+    let request = |id: u32| {
+        let mut request = get();
+        request.extensions_mut().insert(Id(id));
+        request
+    };
+
+    for id in 0..8 {
+        send(&mut service, request(id)).await.unwrap();
+    }
+    // A sweep later (one every 15 s), 0 to 3 are used again; 4 to 7 are not.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    for id in 0..4 {
+        send(&mut service, request(id)).await.unwrap();
+    }
+    send(&mut service, request(8)).await.unwrap();
+    assert_eq!(layer.cells(), 7, "down to seven eighths of the cap");
+    for id in (0..4).chain([8]) {
+        assert!(layer.stats(&Id(id)).is_some(), "{id} was used last");
+    }
+    let kept = (4..8).filter(|id| layer.stats(&Id(*id)).is_some()).count();
+    assert_eq!(kept, 2, "two of the least recently used went");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cell_with_a_refresh_in_flight_is_not_evicted() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let opened = gate.clone();
+    let layer = KeyedRefreshLayer::builder(factory_fn(move |user: User| {
+        let gate = opened.clone();
+        async move {
+            let source = source_fn(move |_| {
+                let gate = gate.clone();
+                async move {
+                    gate.acquire().await.unwrap().forget();
+                    Ok(TokenSet::new(AccessToken::new(format!("{}-1", user.0))))
+                }
+            });
+            Ok(Some(Box::new(source) as Box<dyn TokenSource>))
+        }
+    }))
+    .idle_timeout(Duration::from_secs(60))
+    .refresh_timeout(Duration::from_secs(600))
+    .build();
+
+    let refresh = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.refresh(&User("alice")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(layer.cells(), 1, "the refresh is running");
+    assert!(!layer.remove(&User("alice")), "not even on request");
+
+    gate.add_permits(1);
+    refresh.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(80)).await;
+    assert_eq!(layer.cells(), 0, "idle once the refresh ended");
+}
+
+/// Rotates refresh tokens; its hook fails while `store_down` is set.
+#[derive(Clone, Default)]
+struct FlakyStore {
+    store_down: Arc<std::sync::atomic::AtomicBool>,
+    stored: Arc<Mutex<Vec<String>>>,
+}
+
+impl SourceFactory<User> for FlakyStore {
+    fn source(&self, user: User) -> BoxFuture<'_, Result<Option<Box<dyn TokenSource>>, BoxError>> {
+        let n = Arc::new(AtomicUsize::new(0));
+        let source = source_fn(move |_| {
+            let n = n.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                Ok(TokenSet::new(AccessToken::new(format!("{}-{n}", user.0)))
+                    .with_refresh_token(RefreshToken::new(format!("rt-{}-{n}", user.0))))
+            }
+        });
+        Box::pin(async move { Ok(Some(Box::new(source) as Box<dyn TokenSource>)) })
+    }
+
+    fn persist(&self, _user: &User, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
+        let refresh_token = update.refresh_token.as_ref().unwrap().secret().to_owned();
+        let down = self.store_down.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if down {
+                return Err(BoxError::from("store unavailable"));
+            }
+            self.stored.lock().unwrap().push(refresh_token);
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cell_whose_newest_refresh_token_is_not_stored_is_not_evicted() {
+    let store = FlakyStore::default();
+    let layer = KeyedRefreshLayer::builder(store.clone())
+        .idle_timeout(Duration::from_secs(60))
+        .build();
+
+    store.store_down.store(true, Ordering::SeqCst);
+    layer.refresh(&User("alice")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(layer.cells(), 1, "rt-alice-1 lives only in this cell");
+    assert!(!layer.remove(&User("alice")));
+
+    // The store is back: the next change reaches it, and the cell may go.
+    store.store_down.store(false, Ordering::SeqCst);
+    layer.refresh(&User("alice")).await.unwrap();
+    assert_eq!(*store.stored.lock().unwrap(), ["rt-alice-2"]);
+    tokio::time::sleep(Duration::from_secs(80)).await;
+    assert_eq!(layer.cells(), 0);
+}
+
+#[test]
+fn memory_and_live_cells_stay_flat_while_100_000_keys_pass_through() {
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    struct Id(u32);
+
+    // A current-thread runtime: everything the layer allocates is allocated on this thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let layer = KeyedRefreshLayer::builder(factory_fn(|id: Id| async move {
+            let source = source_fn(move |_| {
+                let token = format!("id-{}", id.0);
+                async move {
+                    Ok(TokenSet::new(AccessToken::new(token))
+                        .with_expires_in(Duration::from_secs(3600)))
+                }
+            });
+            Ok(Some(Box::new(source) as Box<dyn TokenSource>))
+        }))
+        .max_cells(1_000)
+        .build();
+        // An API that keeps nothing of what it sees (the recording `Api` would grow).
+        let echo = tower::service_fn(|request: Req| async move {
+            let authorization = request.headers()[http::header::AUTHORIZATION].clone();
+            let body = authorization.to_str().unwrap().replace("Bearer ", "hello ");
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                bytes::Bytes::from(body),
+            )))
+        });
+        let mut service = layer.layer(echo);
+
+        let mut live = Vec::new();
+        for id in 0..100_000u32 {
+            let mut request = get();
+            request.extensions_mut().insert(Id(id));
+            let response = send(&mut service, request).await.unwrap();
+            assert_eq!(text(response).await, format!("hello id-{id}"));
+            assert!(
+                layer.cells() <= 1_000,
+                "{} cells at key {id}",
+                layer.cells()
+            );
+            if id % 10_000 == 9_999 {
+                live.push((layer.cells(), crate::alloc::thread_live_bytes()));
+            }
+        }
+        // Flat: the cells in use swing between seven eighths of the cap and the cap, and the
+        // bytes in use with them; per cell, they stay what they were after 10,000 keys.
+        let per_cell = |(cells, bytes): (usize, isize)| bytes as f64 / cells as f64;
+        let first = per_cell(live[0]);
+        for (i, reading) in live.iter().enumerate() {
+            let now = per_cell(*reading);
+            assert!(
+                (now - first).abs() < first / 20.0,
+                "{now:.0} bytes per cell after {} keys ({reading:?}), {first:.0} after 10,000",
+                (i + 1) * 10_000
+            );
+        }
+    });
+}
