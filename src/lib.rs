@@ -375,8 +375,8 @@
 //!
 //! | | retry off | retry on |
 //! |---|---|---|
-//! | tower, against tower-http's `SetRequestHeader` (`benches/hot_path.rs`) | 1.30x | 1.79x |
-//! | tower, an empty request, against tower-http's `AddAuthorization` | 1.28x | 1.53x |
+//! | tower, against tower-http's `SetRequestHeader` (`benches/hot_path.rs`) | 1.18x | 1.68x |
+//! | tower, an empty request, against tower-http's `AddAuthorization` | 1.34x | 1.58x |
 //! | reqwest-middleware, against a static-header middleware | 1.18x | 1.40x |
 //! | throughput of two threads over one (`benches/threads.rs`; an `RwLock`'d token: 1.49x) | 1.91x | 1.87x |
 //!

@@ -34,13 +34,13 @@ use crate::shared::{Options, Shared};
 /// keeps the one it last read and revalidates it with one plain load), a clock read, a clone
 /// of the prebuilt header value and of one `Arc`, and one header-map insert. With the retry on
 /// and a body that can be replayed, add the replay copy (method, URI, header list, extensions
-/// and body, in one box) and a clone of the inner service. Over a trivial inner service and a
-/// request with three headers, `benches/hot_path.rs` measured 1.30x the time of the same
-/// request through tower-http's static `SetRequestHeader` with the retry off and 1.79x with it
-/// on (medians of three runs; `BENCHMARKS.md`); an empty request, against tower-http's
-/// `AddAuthorization`, 1.28x and 1.53x. About a third of the first difference is the
-/// clock read. Requests on different threads write no shared cache line: two threads give
-/// 1.9x the throughput of one.
+/// and body, kept inline in the response future) and a clone of the inner service. Over a
+/// trivial inner service and a request with three headers, `benches/hot_path.rs` measured
+/// 1.18x the time of the same request through tower-http's static `SetRequestHeader` with the
+/// retry off and 1.68x with it on (medians of three runs; `BENCHMARKS.md`); an empty request,
+/// against tower-http's `AddAuthorization`, 1.34x and 1.58x, or 336 and 587 instructions more
+/// (callgrind). About a third of the first difference is the clock read. Requests on
+/// different threads write no shared cache line: two threads give 1.9x the throughput of one.
 pub struct Refresh<S> {
     inner: S,
     shared: Arc<Shared>,

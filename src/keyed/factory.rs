@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::BoxError;
 use crate::error::RefreshError;
+use crate::oauth::{ClientCredentials, TokenParams};
 use crate::persist::TokenUpdate;
 use crate::source::{BoxFuture, TokenRequest, TokenSource};
 use crate::token::{RefreshToken, TokenSet};
@@ -58,7 +59,7 @@ where
 }
 
 /// A [`SourceFactory`] made of a closure by [`factory_fn`].
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct FactoryFn<F>(F);
 
 impl<K, F, Fut> SourceFactory<K> for FactoryFn<F>
@@ -124,5 +125,28 @@ impl<K> fmt::Debug for KeyedSource<K> {
         f.debug_struct("KeyedSource")
             .field("source", &self.source)
             .finish_non_exhaustive()
+    }
+}
+
+/// A keyed layer over client credentials, keyed by what each request asks its token for:
+/// the key's source is the grant [`with_params`](ClientCredentials::with_params) of the key.
+///
+/// ```
+/// use oauth_refresh::ClientCredentials;
+/// use oauth_refresh::keyed::KeyedRefreshLayer;
+/// use oauth_refresh::oauth::TokenParams;
+///
+/// let layer = KeyedRefreshLayer::new(ClientCredentials::new("https://login.example.com/token", "svc", "s3cr3t"));
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(TokenParams::new().audience("https://orders.example.com"));
+/// # drop((layer, request));
+/// ```
+impl SourceFactory<TokenParams> for ClientCredentials {
+    fn source(
+        &self,
+        params: TokenParams,
+    ) -> BoxFuture<'_, Result<Option<Box<dyn TokenSource>>, BoxError>> {
+        let grant: Box<dyn TokenSource> = Box::new(self.with_params(&params));
+        Box::pin(std::future::ready(Ok(Some(grant))))
     }
 }

@@ -41,6 +41,7 @@ use crate::shared::{Classifier, Options};
 /// use std::time::Duration;
 /// use oauth_refresh::keyed::{KeyedRefreshLayer, factory_fn};
 /// use oauth_refresh::{AccessToken, TokenSet, TokenSource, source_fn};
+/// use http_body_util::BodyExt;
 /// use tower::{ServiceBuilder, ServiceExt};
 ///
 /// #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -64,7 +65,8 @@ use crate::shared::{Classifier, Options};
 /// let mut request = http::Request::new(String::new());
 /// request.extensions_mut().insert(Tenant("acme"));
 /// let response = service.oneshot(request).await?;
-/// assert_eq!(response.into_body().into_inner(), "Bearer token-of-acme");
+/// let body = response.into_body().collect().await?.to_bytes();
+/// assert_eq!(body, "Bearer token-of-acme");
 /// assert_eq!(layer.cells(), 1);
 /// # Ok(())
 /// # }

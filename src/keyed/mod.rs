@@ -43,6 +43,8 @@ mod factory;
 mod key;
 mod layer;
 mod map;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod service;
 
 pub use factory::{FactoryFn, SourceFactory, factory_fn};

@@ -73,6 +73,34 @@ impl ClientCredentials {
         self
     }
 
+    /// This grant asking for `params` instead: their scopes, if they name any, replace the
+    /// grant's own; their audiences and resources are added to the grant's.
+    ///
+    /// A keyed layer over a `ClientCredentials` does this per key: see
+    /// [`TokenParams`](super::TokenParams).
+    ///
+    /// ```
+    /// use oauth_refresh::ClientCredentials;
+    /// use oauth_refresh::oauth::TokenParams;
+    ///
+    /// let grant = ClientCredentials::new("https://login.example.com/token", "svc", "s3cr3t").scope("default");
+    /// let orders = grant.with_params(&TokenParams::new().scope("orders:read").audience("https://orders.example.com"));
+    /// assert!(format!("{orders:?}").contains(r#"scopes: ["orders:read"]"#));
+    /// ```
+    pub fn with_params(&self, params: &super::TokenParams) -> Self {
+        let mut grant = self.clone();
+        if params.scopes().next().is_some() {
+            grant.scopes = params.scopes().map(str::to_owned).collect();
+        }
+        for audience in params.audiences() {
+            grant = grant.audience(audience);
+        }
+        for resource in params.resources() {
+            grant = grant.resource(resource);
+        }
+        grant
+    }
+
     super::endpoint_setters!();
 }
 

@@ -21,6 +21,7 @@ mod client_credentials;
 mod discovery;
 mod endpoint;
 mod http;
+mod params;
 mod refresh_token;
 pub(crate) mod response;
 
@@ -29,6 +30,7 @@ pub use client_credentials::ClientCredentials;
 pub use discovery::ServerMetadata;
 pub use endpoint::ClientAuth;
 pub use http::{HttpClient, ResponseBody};
+pub use params::TokenParams;
 pub use refresh_token::RefreshTokenGrant;
 
 /// The settings every grant shares, as consuming setters on the grant's `endpoint` field.

@@ -15,6 +15,8 @@ mod hostile;
 mod interop;
 mod keyed;
 #[cfg(feature = "reqwest")]
+mod keyed_http;
+#[cfg(feature = "reqwest")]
 mod middleware;
 mod oidc_provider;
 mod outcomes;

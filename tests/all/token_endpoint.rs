@@ -38,10 +38,14 @@ pub struct TokenEndpoint {
     shutdown: Arc<Notify>,
 }
 
+/// Answers a request from what it asked: see [`TokenEndpoint::respond_with`].
+type Responder = dyn Fn(&Recorded) -> Answer + Send + Sync;
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<Answer>,
     routes: HashMap<String, Answer>,
+    responder: Option<Arc<Responder>>,
     requests: Vec<Recorded>,
 }
 
@@ -92,6 +96,14 @@ impl TokenEndpoint {
     /// Answers every request to `path` with `answer`, independent of the queue.
     pub fn route(&self, path: &str, answer: Answer) {
         self.state().routes.insert(path.to_owned(), answer);
+    }
+
+    /// Answers each request that has no route, once the queue is empty, with what `respond`
+    /// makes of it (a token that names the scope or the user it was asked for, say), instead
+    /// of 500 "script exhausted". It runs under the endpoint's lock: requests are answered
+    /// one at a time, in the order they are recorded.
+    pub fn respond_with(&self, respond: impl Fn(&Recorded) -> Answer + Send + Sync + 'static) {
+        self.state().responder = Some(Arc::new(respond));
     }
 
     /// Every request received so far, in order of arrival.
@@ -157,16 +169,19 @@ async fn answer(
     let path = parts.uri.path().to_owned();
     let answer = {
         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-        state.requests.push(Recorded {
+        let recorded = Recorded {
             method: parts.method,
             path: path.clone(),
             headers: parts.headers,
             body,
-        });
-        match state.routes.get(&path) {
+        };
+        let answer = match state.routes.get(&path) {
             Some(answer) => Some(answer.clone()),
             None => state.queue.pop_front(),
-        }
+        };
+        let answer = answer.or_else(|| state.responder.as_ref().map(|respond| respond(&recorded)));
+        state.requests.push(recorded);
+        answer
     };
     let answer = answer.unwrap_or_else(|| Answer::raw(500, Some("text/plain"), "script exhausted"));
     if let Some(delay) = answer.delay {
