@@ -329,6 +329,13 @@
 //! # }
 //! ```
 //!
+//! # Many tokens
+//!
+//! [`keyed::KeyedRefreshLayer`] holds a token cell per key (a user, a tenant, or the
+//! [`oauth::TokenParams`] a request asks its token for), each with every promise above, made
+//! on first use by an async factory and dropped when idle. A request never gets another key's
+//! token; one whose key cannot be resolved fails with [`keyed::KeyError`] and is not sent.
+//!
 //! # Grants
 //!
 //! The crate's grants implement [`TokenSource`] and talk to the token endpoint with their own

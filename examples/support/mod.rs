@@ -151,12 +151,17 @@ struct State {
 struct IssuedAccessToken {
     /// Names the token in the API's answers, in place of its value.
     number: usize,
+    /// Whom it was issued for: the signed-in user, or the client itself.
+    subject: String,
+    /// The API it is for, if the client asked for one (`audience`).
+    audience: Option<String>,
     expires_at: Instant,
     revoked: bool,
 }
 
 struct IssuedRefreshToken {
     client_id: String,
+    subject: String,
     status: RefreshTokenStatus,
 }
 
@@ -171,6 +176,7 @@ enum RefreshTokenStatus {
 /// What an authorization code stands for, checked when it is exchanged.
 struct IssuedCode {
     client_id: String,
+    subject: String,
     redirect_uri: String,
     code_challenge: String,
     expires_at: Instant,
@@ -205,7 +211,7 @@ async fn answer(
             .lock()
             .unwrap()
             .authorize(parts.uri.query().unwrap_or("")),
-        (_, path) if path.starts_with("/api/") => state.lock().unwrap().api(&parts.headers),
+        (_, path) if path.starts_with("/api/") => state.lock().unwrap().api(path, &parts.headers),
         _ => plain(StatusCode::NOT_FOUND, "not found"),
     };
     Ok(response)
@@ -225,7 +231,11 @@ impl State {
         }
         let answer = match (param("response_type"), param("code_challenge_method")) {
             (Some("code"), Some("S256")) => match param("code_challenge") {
-                Some(challenge) => ("code", self.issue_code(challenge)),
+                // `login_hint` stands for the user who signs in.
+                Some(challenge) => (
+                    "code",
+                    self.issue_code(challenge, param("login_hint").unwrap_or("user")),
+                ),
                 None => ("error", "invalid_request".to_owned()),
             },
             (Some("code"), _) => ("error", "invalid_request".to_owned()), // PKCE S256 is required
@@ -243,10 +253,11 @@ impl State {
             .expect("valid response")
     }
 
-    fn issue_code(&mut self, code_challenge: &str) -> String {
+    fn issue_code(&mut self, code_challenge: &str, subject: &str) -> String {
         let code = random_token();
         let issued = IssuedCode {
             client_id: APP_CLIENT_ID.to_owned(),
+            subject: subject.to_owned(),
             redirect_uri: APP_REDIRECT_URI.to_owned(),
             code_challenge: code_challenge.to_owned(),
             expires_at: Instant::now() + Duration::from_secs(60),
@@ -256,8 +267,9 @@ impl State {
     }
 
     /// The protected API: `200` for a live access token, else `401` with a Bearer challenge
-    /// (RFC 6750 §3).
-    fn api(&mut self, headers: &HeaderMap) -> Response<Full<Bytes>> {
+    /// (RFC 6750 §3). A token issued for an audience is good only under `/api/<audience>/`.
+    fn api(&mut self, path: &str, headers: &HeaderMap) -> Response<Full<Bytes>> {
+        let api_name = path.trim_start_matches("/api/").split('/').next();
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -266,10 +278,16 @@ impl State {
             None => Err("unknown access token"),
             Some(token) if token.revoked => Err("the access token was revoked"),
             Some(token) if Instant::now() >= token.expires_at => Err("the access token expired"),
-            Some(token) => Ok(token.number),
+            Some(token) if token.audience.is_some() && token.audience.as_deref() != api_name => {
+                Err("the access token is for another API")
+            }
+            Some(token) => Ok((token.number, token.subject.clone())),
         };
         match verdict {
-            Ok(number) => plain(StatusCode::OK, &format!("hello, access token #{number}")),
+            Ok((number, subject)) => plain(
+                StatusCode::OK,
+                &format!("hello {subject}, access token #{number}"),
+            ),
             Err(reason) => {
                 self.api_rejections += 1;
                 let challenge = format!(

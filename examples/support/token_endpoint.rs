@@ -68,7 +68,9 @@ impl State {
             .or_default() += 1;
         let answer = authenticate(headers, param("client_id"), form.get("client_secret"))
             .and_then(|client| match grant_type {
-                "client_credentials" => self.client_credentials(client),
+                "client_credentials" => {
+                    self.client_credentials(client, form.get("audience").cloned())
+                }
                 "refresh_token" => self.refresh(client, param("refresh_token")),
                 "authorization_code" => self.redeem_code(
                     client,
@@ -102,7 +104,11 @@ impl State {
     }
 
     /// RFC 6749 §4.4: a confidential client's own token, without a refresh token.
-    fn client_credentials(&mut self, client: &Client) -> Result<Value, Refusal> {
+    fn client_credentials(
+        &mut self,
+        client: &Client,
+        audience: Option<String>,
+    ) -> Result<Value, Refusal> {
         if client.secret.is_none() {
             return Err(Refusal {
                 status: StatusCode::BAD_REQUEST,
@@ -110,7 +116,7 @@ impl State {
                 description: "a public client cannot use client_credentials",
             });
         }
-        Ok(self.issue_access_token())
+        Ok(self.issue_access_token(client.id, audience))
     }
 
     /// RFC 6749 §6, with rotation: the refresh token presented is used up, a new one comes
@@ -124,6 +130,7 @@ impl State {
                 "the refresh token was issued to another client",
             ));
         }
+        let subject = token.subject.clone();
         match token.status {
             RefreshTokenStatus::Live => token.status = RefreshTokenStatus::Used,
             RefreshTokenStatus::Used => {
@@ -133,7 +140,7 @@ impl State {
                 return Err(invalid_grant("the refresh token was revoked"));
             }
         }
-        Ok(self.issue_with_refresh_token(client))
+        Ok(self.issue_with_refresh_token(client, &subject))
     }
 
     /// RFC 6749 §4.1.3 and RFC 7636 §4.6: a code is redeemed once, by the client it was
@@ -163,13 +170,15 @@ impl State {
                 "the PKCE verifier does not match the challenge",
             ));
         }
-        Ok(self.issue_with_refresh_token(client))
+        Ok(self.issue_with_refresh_token(client, &issued.subject))
     }
 
-    fn issue_access_token(&mut self) -> Value {
+    fn issue_access_token(&mut self, subject: &str, audience: Option<String>) -> Value {
         let access_token = random_token();
         let issued = IssuedAccessToken {
             number: self.access_tokens.len() + 1,
+            subject: subject.to_owned(),
+            audience,
             expires_at: Instant::now() + self.access_token_lifetime,
             revoked: false,
         };
@@ -181,14 +190,15 @@ impl State {
         })
     }
 
-    fn issue_with_refresh_token(&mut self, client: &Client) -> Value {
+    fn issue_with_refresh_token(&mut self, client: &Client, subject: &str) -> Value {
         let refresh_token = random_token();
         let issued = IssuedRefreshToken {
             client_id: client.id.to_owned(),
+            subject: subject.to_owned(),
             status: RefreshTokenStatus::Live,
         };
         self.refresh_tokens.insert(refresh_token.clone(), issued);
-        let mut tokens = self.issue_access_token();
+        let mut tokens = self.issue_access_token(subject, None);
         tokens["refresh_token"] = Value::from(refresh_token);
         tokens
     }
