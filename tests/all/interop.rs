@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use oauth_refresh::oauth::{AuthorizationCode, ClientAuth, ServerMetadata};
 use oauth_refresh::{BoxError, ClientCredentials, ReauthRequired, RefreshLayer, RefreshTokenGrant};
-use tower::{BoxError as TowerBoxError, ServiceBuilder, ServiceExt};
+use tower::{BoxError as TowerBoxError, Layer, ServiceBuilder, ServiceExt};
 
 use crate::oidc_provider::{
     APP_ID, APP_REDIRECT_URI, APP_SECRET, CC_BASIC_ID, CC_BASIC_SECRET, CC_POST_ID, CC_POST_SECRET,
@@ -208,4 +208,142 @@ async fn a_revoked_refresh_token_gives_reauth_required_invalid_grant() {
     assert!(reauth.to_string().contains("sign in again"));
     let stats = provider.stats().await;
     assert_eq!((stats.refresh_token, stats.invalid_grant), (1, 1));
+}
+
+/// Several real users, each signed in with the authorization code and PKCE, share one keyed
+/// layer: under concurrent requests with random users across several token lifetimes, the
+/// API (asking the server whose each token is) never sees a user's request carry another's
+/// token, and the server sees no refresh token presented twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_users_through_one_keyed_layer_never_get_each_others_tokens() {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use oauth_refresh::TokenSource;
+    use oauth_refresh::keyed::{KeyedRefreshLayer, factory_fn};
+
+    const TTL: u64 = 2;
+    const USERS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
+
+    let provider = Arc::new(OidcProvider::start_with(TTL).await);
+    let metadata = ServerMetadata::discover(&provider.issuer).await.unwrap();
+    let mut grants = HashMap::new();
+    for (index, user) in USERS.into_iter().enumerate() {
+        let pending = AuthorizationCode::new(
+            metadata.authorization_endpoint.clone().unwrap(),
+            &metadata.token_endpoint,
+            APP_ID,
+            APP_REDIRECT_URI,
+        )
+        .client_secret(APP_SECRET)
+        .scope("openid")
+        .scope("api:read")
+        .param("login_hint", user)
+        .start()
+        .unwrap();
+        let callback = authorize_headless(pending.url().as_str()).await;
+        grants.insert(UserIndex(index), pending.exchange(&callback).await.unwrap());
+    }
+    // Each user's grant, with the tokens of its sign-in, is handed to the layer once.
+    let grants = Arc::new(Mutex::new(grants));
+    let layer = KeyedRefreshLayer::new(factory_fn(move |user: UserIndex| {
+        let grant = grants.lock().unwrap().remove(&user);
+        async move { Ok(grant.map(|grant| Box::new(grant) as Box<dyn TokenSource>)) }
+    }));
+
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let api = SubjectApi {
+        provider: provider.clone(),
+        users: &USERS,
+        wrong: wrong.clone(),
+    };
+    let service = layer.layer(api);
+
+    let started = std::time::Instant::now();
+    let run_for = Duration::from_secs(3 * TTL + 1);
+    let callers = (0..16usize).map(|caller| {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while started.elapsed() < run_for {
+                let mut request = Request::get("http://127.0.0.1/resource")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                request
+                    .extensions_mut()
+                    .insert(UserIndex((caller * 7 + sent * 3) % USERS.len()));
+                service.clone().oneshot(request).await.unwrap();
+                sent += 1;
+            }
+            sent
+        })
+    });
+    let mut sent = 0;
+    for caller in callers.collect::<Vec<_>>() {
+        sent += caller.await.unwrap();
+    }
+
+    assert_eq!(
+        wrong.load(Ordering::SeqCst),
+        0,
+        "a request carried another user's token"
+    );
+    let stats = provider.stats().await;
+    assert_eq!(
+        stats.refresh_token_reused, 0,
+        "no refresh token presented twice"
+    );
+    assert_eq!(stats.invalid_grant, 0);
+    for (index, user) in USERS.into_iter().enumerate() {
+        let refreshes = layer.stats(&UserIndex(index)).unwrap().refreshes;
+        // One refresh per lifetime at most (the window opens at half of it), and at least one
+        // for each lifetime that ended during the run.
+        assert!(
+            (2..=8).contains(&refreshes),
+            "{user}: {refreshes} refreshes in {run_for:?}"
+        );
+    }
+    assert!(sent > 100, "{sent} requests");
+}
+
+/// An index into a test's list of users: the key of a keyed layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct UserIndex(usize);
+
+/// A protected API that asks the server whose each token is, and counts the requests whose
+/// token is not of the user the request was sent for (its [`UserIndex`] extension).
+#[derive(Clone)]
+struct SubjectApi {
+    provider: Arc<OidcProvider>,
+    users: &'static [&'static str],
+    wrong: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower::Service<Request<Full<Bytes>>> for SubjectApi {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        let user = self.users[request.extensions().get::<UserIndex>().unwrap().0];
+        let header = request.headers()[header::AUTHORIZATION].to_str().unwrap();
+        let token = header.strip_prefix("Bearer ").unwrap().to_owned();
+        let (provider, wrong) = (self.provider.clone(), self.wrong.clone());
+        Box::pin(async move {
+            if provider.token_subject(&token).await.as_deref() != Some(user) {
+                wrong.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(Response::new(Full::new(Bytes::new())))
+        })
+    }
 }

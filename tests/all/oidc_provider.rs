@@ -269,6 +269,15 @@ impl OidcProvider {
             .unwrap_or_else(|| panic!("oidc-provider: unexpected /__test/active answer {answer}"))
     }
 
+    /// The user an access token was issued for, if the server honours it: `None` for a token
+    /// it does not honour (and for a client's own token, which names no user).
+    pub async fn token_subject(&self, access_token: &str) -> Option<String> {
+        let mut url = Url::parse(&format!("{}/__test/active", self.issuer)).expect("URL");
+        url.query_pairs_mut().append_pair("token", access_token);
+        let answer = self.get_json(url.as_str()).await;
+        answer["sub"].as_str().map(str::to_owned)
+    }
+
     /// The last lines the server wrote to stderr, for failure messages.
     pub fn stderr_tail(&self) -> String {
         let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
@@ -335,8 +344,8 @@ impl Drop for OidcProvider {
 
 /// Runs a full authorization request (client_id, redirect_uri, response_type=code, scope,
 /// state, code_challenge, code_challenge_method=S256) without a browser: follows the server's
-/// redirects with a fresh cookie jar (the server signs in `alice` and grants what was asked)
-/// and returns the redirect to [`APP_REDIRECT_URI`], e.g.
+/// redirects with a fresh cookie jar (the server signs in the user `login_hint` names, `alice`
+/// without one, and grants what was asked) and returns the redirect to [`APP_REDIRECT_URI`], e.g.
 /// `http://127.0.0.1/callback?code=...&state=...&iss=...`, without following it.
 ///
 /// Panics unless that redirect carries a `code` (an `error` instead is in the message); see

@@ -266,7 +266,13 @@ provider.use(async (ctx, next) => {
         const found = (await provider.AccessToken.find(token))
           ?? (await provider.ClientCredentials.find(token));
         ctx.body = found
-          ? { active: true, client_id: found.clientId, scope: found.scope ?? null, exp: found.exp }
+          ? {
+              active: true,
+              client_id: found.clientId,
+              sub: found.accountId ?? null,
+              scope: found.scope ?? null,
+              exp: found.exp,
+            }
           : { active: false };
         return;
       }
@@ -319,10 +325,11 @@ provider.use(async (ctx, next) => {
 
   const interaction = /^\/interaction\/([^/]+)$/.exec(ctx.path);
   if (ctx.method === 'GET' && interaction) {
-    // Headless login and consent: alice signs in and grants whatever was asked.
+    // Headless login and consent: the user `login_hint` names (alice by default) signs in
+    // and grants whatever was asked.
     const details = await provider.interactionDetails(ctx.req, ctx.res);
     const { prompt, params } = details;
-    const accountId = details.session?.accountId ?? ACCOUNT_ID;
+    const accountId = details.session?.accountId ?? params.login_hint ?? ACCOUNT_ID;
     const grant = details.grantId
       ? await provider.Grant.find(details.grantId)
       : new provider.Grant({ accountId, clientId: params.client_id });
