@@ -6,6 +6,8 @@
 //!
 //! - `single_token`: `RefreshLayer` (retry on, the default), which ignores the key: the
 //!   baseline;
+//! - `keyed_one_key`: the same keyed layer, with the same key on every request: what the
+//!   lookup itself costs when every line it reads is in the cache;
 //! - `keyed_10000`: `KeyedRefreshLayer` holding 10,000 cells, all primed, choosing by the key.
 //!
 //! Group `keyed_stampede`: 10,000 concurrent callers over 1,000 keys, all expired just before
@@ -127,6 +129,12 @@ fn keyed(c: &mut Criterion) {
         let mut users = RandomUser(0x2545_F491_4F6C_DD1D);
         let mut cx = Context::from_waker(Waker::noop());
         b.iter(|| black_box(send(&mut service, users.next(), &mut cx)));
+    });
+    // The same layer, always the same key: the lookup's own cost, every line it reads cached.
+    group.bench_function("keyed_one_key", |b| {
+        let mut service = layer.layer(api());
+        let mut cx = Context::from_waker(Waker::noop());
+        b.iter(|| black_box(send(&mut service, User(7), &mut cx)));
     });
     group.bench_function("keyed_10000", |b| {
         let mut service = layer.layer(api());
