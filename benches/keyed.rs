@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group};
 use oauth_refresh::keyed::{KeyedRefreshLayer, SourceFactory};
 use oauth_refresh::{
     AccessToken, BoxError, BoxFuture, RefreshError, RefreshLayer, TokenRequest, TokenSet,
@@ -276,5 +276,81 @@ where
     }
 }
 
+/// For callgrind with its cache simulator: `KEYED_INSTRUCTIONS=N` sends N requests through
+/// each variant of `keyed`, in a function of its own per variant, instead of running
+/// criterion. Instructions and last-level cache misses per request are then the counts inside
+/// each `drive_*` divided by N (take two values of N and divide the difference):
+///
+/// ```text
+/// KEYED_INSTRUCTIONS=100000 valgrind --tool=callgrind --cache-sim=yes \
+///     --toggle-collect='*drive_keyed*' target/release/deps/keyed-<hash>
+/// ```
+mod instructions {
+    use super::*;
+
+    #[inline(never)]
+    fn drive<S, ResBody>(mut service: S, n: u64, same_key: bool)
+    where
+        S: Service<
+                http::Request<http_body_util::Full<bytes::Bytes>>,
+                Response = http::Response<ResBody>,
+            >,
+        S::Error: std::fmt::Debug,
+    {
+        let mut users = RandomUser(0x2545_F491_4F6C_DD1D);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..n {
+            let user = if same_key { User(7) } else { users.next() };
+            black_box(send(&mut service, user, &mut cx));
+        }
+    }
+
+    #[inline(never)]
+    fn drive_single_token(layer: &RefreshLayer, n: u64) {
+        drive(layer.layer(api()), n, false);
+    }
+
+    #[inline(never)]
+    fn drive_keyed_one_key(layer: &KeyedRefreshLayer<User>, n: u64) {
+        drive(layer.layer(api()), n, true);
+    }
+
+    #[inline(never)]
+    fn drive_keyed_10000(layer: &KeyedRefreshLayer<User>, n: u64) {
+        drive(layer.layer(api()), n, false);
+    }
+
+    pub(super) fn run(n: u64) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let _entered = rt.enter();
+        let single = RefreshLayer::new(InMemory);
+        rt.block_on(single.refresh()).expect("priming refresh");
+        let layer = KeyedRefreshLayer::builder(Users)
+            .max_cells(2 * KEYS as usize)
+            .build();
+        rt.block_on(async {
+            for user in 0..KEYS {
+                layer.refresh(&User(user)).await.expect("priming refresh");
+            }
+        });
+        drive_single_token(&single, n);
+        drive_keyed_one_key(&layer, n);
+        drive_keyed_10000(&layer, n);
+    }
+}
+
 criterion_group!(benches, keyed, keyed_stampede);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(n) = std::env::var("KEYED_INSTRUCTIONS") {
+        instructions::run(n.parse().expect("a number of requests"));
+        return;
+    }
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}

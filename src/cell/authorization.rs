@@ -15,9 +15,33 @@ const STRIPES: usize = 8;
 
 /// `Bearer <token>`, marked sensitive, built once per token and cloned per request.
 #[derive(Clone)]
-pub(crate) struct Authorization(Arc<[HeaderValue]>);
+pub(crate) enum Authorization {
+    /// One copy per stripe of threads: for a token that every thread uses.
+    Striped(Arc<[HeaderValue]>),
+    /// One copy, in the token itself: for one of a keyed layer's many tokens, where the
+    /// request's cost is the cache lines it reads, and the copies would take memory per key.
+    One(HeaderValue),
+}
+
+/// How many copies of its header a token cell keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Copies {
+    PerStripe,
+    One,
+}
 
 impl Authorization {
+    /// The header as a cell keeping `copies` of it holds it.
+    pub(crate) fn with_copies(mut value: HeaderValue, copies: Copies) -> Self {
+        match copies {
+            Copies::PerStripe => Self::new(value),
+            Copies::One => {
+                value.set_sensitive(true);
+                Authorization::One(value)
+            }
+        }
+    }
+
     pub(crate) fn new(mut value: HeaderValue) -> Self {
         value.set_sensitive(true);
         let copies = (1..STRIPES).map(|_| {
@@ -27,13 +51,16 @@ impl Authorization {
             copy.set_sensitive(true);
             copy
         });
-        Authorization(std::iter::once(value.clone()).chain(copies).collect())
+        Authorization::Striped(std::iter::once(value.clone()).chain(copies).collect())
     }
 
     /// This thread's copy.
     #[inline]
     pub(crate) fn get(&self) -> HeaderValue {
-        self.0[stripe()].clone()
+        match self {
+            Authorization::Striped(copies) => copies[stripe()].clone(),
+            Authorization::One(value) => value.clone(),
+        }
     }
 }
 
@@ -67,15 +94,21 @@ mod tests {
     #[test]
     fn every_copy_is_the_same_sensitive_value_in_its_own_bytes() {
         let authorization = Authorization::new(HeaderValue::from_static("Bearer at-1"));
-        assert_eq!(authorization.0.len(), STRIPES);
-        let first = authorization.0[0].as_bytes().as_ptr();
-        for (i, copy) in authorization.0.iter().enumerate() {
+        let Authorization::Striped(copies) = &authorization else {
+            panic!("striped");
+        };
+        assert_eq!(copies.len(), STRIPES);
+        let first = copies[0].as_bytes().as_ptr();
+        for (i, copy) in copies.iter().enumerate() {
             assert_eq!(copy, "Bearer at-1");
             assert!(copy.is_sensitive());
             assert_eq!(i == 0, copy.as_bytes().as_ptr() == first);
         }
         assert_eq!(authorization.get(), "Bearer at-1");
         assert!(authorization.get().is_sensitive());
+        let one = Authorization::with_copies(HeaderValue::from_static("Bearer at-1"), Copies::One);
+        assert_eq!(one.get(), "Bearer at-1");
+        assert!(one.get().is_sensitive());
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl TokenCell {
     /// Turns a token set into the cell's next token (the refresh token is the caller's to
     /// keep). Lifetimes are cut to [`MAX_SPAN`]: no number a server sends can overflow.
     fn install(&self, slot: &mut Slot, set: &TokenSet, sent_at: Instant) -> Outcome {
-        let header = Authorization::new(bearer_header(&set.access_token)?);
+        let header = Authorization::with_copies(bearer_header(&set.access_token)?, self.copies);
         let lifetime = set.expires_in.map(|lifetime| lifetime.min(MAX_SPAN));
         slot.last_generation += 1;
         Ok(Token {

@@ -24,7 +24,7 @@ use crate::persist::TokenUpdate;
 use crate::source::TokenSource;
 use crate::token::RefreshToken;
 
-pub(crate) use authorization::Authorization;
+pub(crate) use authorization::{Authorization, Copies};
 use flight::{Flight, Launch, Work};
 pub(crate) use schedule::{MAX_SPAN, Schedule};
 
@@ -177,8 +177,17 @@ struct Counters {
 }
 
 /// One token, its refresh, and its stats. Shared by every clone of a layer.
+///
+/// `repr(C)`, to keep what every request reads (the snapshot pointer, and for a keyed layer
+/// the last use) in the first cache line, beside the `Arc`'s reference count that each
+/// request writes: with a layer of many cells, each line a request touches is likely a miss.
+#[repr(C)]
 pub(crate) struct TokenCell {
     snapshot: ArcSwap<Snapshot>,
+    /// For a keyed layer's eviction: the sweep epoch in which a request last used the cell.
+    pub(crate) used: AtomicU64,
+    /// How many copies of each token's header to keep.
+    copies: Copies,
     slot: Mutex<Slot>,
     source: Arc<dyn TokenSource>,
     schedule: Schedule,
@@ -260,7 +269,16 @@ impl Plan {
 }
 
 impl TokenCell {
+    /// A cell for one layer's only token: its header copied per stripe of threads.
     pub(crate) fn new(source: Arc<dyn TokenSource>, schedule: Schedule) -> Self {
+        Self::with_copies(source, schedule, Copies::PerStripe)
+    }
+
+    pub(crate) fn with_copies(
+        source: Arc<dyn TokenSource>,
+        schedule: Schedule,
+        copies: Copies,
+    ) -> Self {
         let slot = Slot {
             refresh_token: source.initial_refresh_token(),
             ..Slot::default()
@@ -271,6 +289,8 @@ impl TokenCell {
             source,
             schedule,
             counters: Counters::default(),
+            used: AtomicU64::new(0),
+            copies,
         };
         // The source holds these already: nothing to hand to its persistence hook.
         if let Some(tokens) = cell.source.initial_tokens()

