@@ -575,3 +575,56 @@ fn memory_and_live_cells_stay_flat_while_100_000_keys_pass_through() {
         }
     });
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_caller_does_not_cancel_its_keys_refresh_and_a_stale_token_is_sent_at_once() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let fetched = Arc::new(AtomicUsize::new(0));
+    let (opened, counter) = (gate.clone(), fetched.clone());
+    let layer = KeyedRefreshLayer::builder(factory_fn(move |user: User| {
+        let (gate, counter) = (opened.clone(), counter.clone());
+        async move {
+            let source = source_fn(move |_| {
+                let (gate, counter) = (gate.clone(), counter.clone());
+                async move {
+                    gate.acquire().await.unwrap().forget();
+                    let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                    Ok(TokenSet::new(AccessToken::new(format!("{}-{n}", user.0)))
+                        .with_expires_in(Duration::from_secs(60)))
+                }
+            });
+            Ok(Some(Box::new(source) as Box<dyn TokenSource>))
+        }
+    }))
+    .refresh_ahead(Duration::from_secs(20))
+    .build();
+    let service = layer.layer(Api::open());
+
+    // The first caller gives up while the key's first refresh runs; the refresh goes on.
+    let caller = tokio::spawn(service.clone().oneshot(for_user("alice")));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    caller.abort();
+    gate.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(fetched.load(Ordering::SeqCst), 1);
+    let response = service.clone().oneshot(for_user("alice")).await.unwrap();
+    assert_eq!(
+        text(response).await,
+        "hello alice-1",
+        "the refresh the caller left"
+    );
+
+    // STALE (inside the window): sent at once with the current token, refreshed behind it.
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    let response = service.clone().oneshot(for_user("alice")).await.unwrap();
+    assert_eq!(
+        text(response).await,
+        "hello alice-1",
+        "no wait for the refresh"
+    );
+    gate.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let response = service.clone().oneshot(for_user("alice")).await.unwrap();
+    assert_eq!(text(response).await, "hello alice-2");
+    assert_eq!(layer.stats(&User("alice")).unwrap().refreshes, 2);
+}
