@@ -32,8 +32,10 @@ use crate::shared::{Handle, Options};
 ///
 /// Beyond [`Refresh`](crate::Refresh)'s: the key read from the request (an extension lookup
 /// and a clone of the key), a hash of it, a shard's read lock for the map lookup, and one more
-/// `Arc` clone (the key's cell). A key's first request, and a request whose key's cell was
-/// evicted, wait for the factory.
+/// `Arc` clone (the key's cell): 1.10x the single-token layer's time when every request
+/// names the same key (`benches/keyed.rs`). Over many keys at random, add the cache misses of
+/// reading a cell no recent request read: 1.83x over 10,000 keys. A key's first request, and
+/// a request whose key's cell was evicted, wait for the factory.
 pub struct KeyedRefresh<S, K> {
     inner: S,
     cells: Arc<Cells<K>>,
