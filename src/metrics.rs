@@ -31,7 +31,7 @@
 //!
 //! Their cardinality is bounded: the values name a grant and a host, never a user's key, a
 //! token or a URL path, so a keyed layer of many users makes one series per grant and host,
-//! not one per user. A custom [`TokenSource`](crate::TokenSource) should keep its `grant`
+//! not one per user. A custom [`TokenSource`] should keep its `grant`
 //! and `host` to such names too.
 //!
 //! # Alerting
