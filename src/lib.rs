@@ -364,6 +364,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `reqwest` | yes | `RefreshLayer` as a `reqwest_middleware::Middleware`, and reqwest (rustls) as the grants' HTTP client for the token endpoint |
+//! | `metrics` | no | counters and histograms of token requests, refreshes, resends, `ReauthRequired` and persistence failures, through the `metrics` facade, listed in the `metrics` module |
 //!
 //! Without `reqwest`, the layer is a tower layer only, and each grant needs an HTTP client
 //! of the application's ([`oauth::HttpClient`], set with `http_client`).
@@ -411,6 +412,11 @@ mod future;
 pub mod fuzzing;
 pub mod keyed;
 mod layer;
+// With the feature, the instruments' documentation; without it, functions that do nothing.
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 pub mod oauth;
 mod persist;
 mod replay;

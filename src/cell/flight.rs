@@ -119,15 +119,17 @@ impl TokenCell {
                 attempt,
             };
             let sent_at = Instant::now();
-            let result = tokio::time::timeout_at(deadline, self.source.fetch(request)).await;
+            let result = match tokio::time::timeout_at(deadline, self.source.fetch(request)).await {
+                Ok(result) => result,
+                // Not resent: the refresh's deadline has passed.
+                Err(_elapsed) => Err(TransientError::new(TransientKind::Timeout)
+                    .with_resend_safe(false)
+                    .into()),
+            };
+            crate::metrics::token_request(&*self.source, result.as_ref().map(drop));
             let error = match result {
-                Ok(Ok(set)) => return Ok((set, sent_at)),
-                Ok(Err(error)) => error,
-                Err(_elapsed) => {
-                    return Err(TransientError::new(TransientKind::Timeout)
-                        .with_resend_safe(false)
-                        .into());
-                }
+                Ok(set) => return Ok((set, sent_at)),
+                Err(error) => error,
             };
             let RefreshError::Transient(transient) = &error else {
                 return Err(error);
@@ -220,6 +222,7 @@ impl TokenCell {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
         if matches!(error, RefreshError::Reauth(_)) {
             self.counters.reauths.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::reauth_required(&*self.source);
         }
         slot.failures_in_a_row = slot.failures_in_a_row.saturating_add(1);
         let cooldown =
@@ -266,6 +269,7 @@ impl TokenCell {
         self.counters
             .persist_failures
             .fetch_add(1, Ordering::Relaxed);
+        crate::metrics::persist_failure(&*self.source);
         tracing::error!(
             error = %failure,
             "storing the new tokens failed; they stay in use in memory"
@@ -425,6 +429,17 @@ impl FlightGuard {
                     self.presented = slot.refresh_token.clone();
                 }
                 cell.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let replaced = cell
+                    .snapshot
+                    .load()
+                    .token
+                    .as_ref()
+                    .and_then(|t| t.expires_at);
+                crate::metrics::remaining_lifetime(
+                    &*cell.source,
+                    replaced.map(|at| at.saturating_duration_since(started)),
+                );
                 let fetched = async {
                     tracing::debug!("refresh started");
                     unwind_safe(cell.fetch(self.presented.clone())).await
@@ -434,12 +449,18 @@ impl FlightGuard {
                 let result = fetched.unwrap_or_else(|Panicked| {
                     Err(TransientError::new(TransientKind::Aborted).into())
                 });
-                cell.settle(
+                let outcome = cell.settle(
                     &mut cell.lock_slot(),
                     self.started_at_generation,
                     self.presented.as_ref(),
                     result,
-                )
+                );
+                crate::metrics::refresh(
+                    &*cell.source,
+                    started.elapsed(),
+                    outcome.as_ref().map(drop),
+                );
+                outcome
             }
             Work::Persist => current_token(&cell),
         };

@@ -554,6 +554,7 @@ impl TokenCell {
     /// Counts a request resent after its token was rejected.
     pub(crate) fn count_retry(&self) {
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::resend(&*self.source);
     }
 
     /// A cheap, consistent-enough picture of the cell.

@@ -16,6 +16,8 @@ mod interop;
 mod keyed;
 #[cfg(feature = "reqwest")]
 mod keyed_http;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(feature = "reqwest")]
 mod middleware;
 mod oidc_provider;

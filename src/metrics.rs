@@ -1,0 +1,175 @@
+//! The instruments the layer records through the [`metrics`](https://docs.rs/metrics) facade,
+//! with feature `metrics`.
+//!
+//! The crate installs no recorder and no exporter: install one of the `metrics` ecosystem's
+//! (a Prometheus exporter, say) and the instruments below appear in it. Everything is
+//! recorded on the refresh path or when a rejected request is resent; a request answered
+//! from a fresh token records nothing, so the hot path costs what it does without the
+//! feature.
+//!
+//! # Instruments
+//!
+//! Named in the manner of OpenTelemetry's semantic conventions (a namespace, the unit in
+//! the name, `_total` on counters as Prometheus writes them), one table:
+//!
+//! | name | type | unit | labels | meaning |
+//! |---|---|---|---|---|
+//! | `oauth_refresh_token_requests_total` | counter | `{request}` | `grant`, `host`, `outcome` | Requests to the token endpoint (each attempt of a refresh, resends of transient failures included), by how the source answered |
+//! | `oauth_refresh_refresh_duration_seconds` | histogram | `s` | `grant`, `host`, `outcome` | One refresh, from its start (after any delay it was scheduled with) until its result is settled, resends and backoff included |
+//! | `oauth_refresh_reauth_required_total` | counter | `{refresh}` | `grant`, `host` | Refreshes that ended in [`ReauthRequired`](crate::ReauthRequired) (`invalid_grant` and the like): a person must sign in again |
+//! | `oauth_refresh_resends_total` | counter | `{request}` | `grant`, `host` | Requests resent with a new token after the server rejected theirs |
+//! | `oauth_refresh_persist_failures_total` | counter | `{failure}` | `grant`, `host` | Times the persistence hook failed (an error, a panic or a timeout); the new tokens stayed in use |
+//! | `oauth_refresh_token_remaining_lifetime_seconds` | histogram | `s` | `grant`, `host` | As a refresh starts, how long the token it replaces had left (0 if expired); not recorded when no token or no lifetime is known |
+//!
+//! Labels:
+//!
+//! | label | values |
+//! |---|---|
+//! | `grant` | the source's [`grant`](crate::TokenSource::grant): `client_credentials`, `refresh_token`, `custom`, ... |
+//! | `host` | the token endpoint's host, from [`host`](crate::TokenSource::host), or `unknown` |
+//! | `outcome` | `success`, `transient`, `reauth`, `configuration` (the [`RefreshErrorKind`](crate::RefreshErrorKind)) |
+//!
+//! Their cardinality is bounded: the values name a grant and a host, never a user's key, a
+//! token or a URL path, so a keyed layer of many users makes one series per grant and host,
+//! not one per user. A custom [`TokenSource`] should keep its `grant`
+//! and `host` to such names too.
+//!
+//! # Alerting
+//!
+//! A refused grant does not heal by itself, so any is worth a page; transient failures are
+//! worth one when they are most of the token requests:
+//!
+//! ```yaml
+//! groups:
+//!   - name: oauth-refresh
+//!     rules:
+//!       - alert: OAuthReauthRequired
+//!         expr: sum by (grant, host) (rate(oauth_refresh_reauth_required_total[5m])) > 0
+//!         annotations:
+//!           summary: "{{ $labels.host }} refuses the {{ $labels.grant }} grant (invalid_grant): sign in again"
+//!       - alert: OAuthTokenEndpointFailing
+//!         expr: |
+//!           sum by (host) (rate(oauth_refresh_token_requests_total{outcome="transient"}[10m]))
+//!             / sum by (host) (rate(oauth_refresh_token_requests_total[10m])) > 0.5
+//!         for: 10m
+//! ```
+
+use std::time::Duration;
+
+use crate::error::RefreshError;
+use crate::source::TokenSource;
+
+/// A token request's answer, as the source gave it.
+#[inline]
+pub(crate) fn token_request(source: &dyn TokenSource, result: Result<(), &RefreshError>) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(
+        "oauth_refresh_token_requests_total",
+        "grant" => grant(source),
+        "host" => host(source),
+        "outcome" => outcome(result),
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (source, result);
+}
+
+/// A refresh settled after `elapsed`.
+#[inline]
+pub(crate) fn refresh(
+    source: &dyn TokenSource,
+    elapsed: Duration,
+    result: Result<(), &RefreshError>,
+) {
+    #[cfg(feature = "metrics")]
+    ::metrics::histogram!(
+        "oauth_refresh_refresh_duration_seconds",
+        "grant" => grant(source),
+        "host" => host(source),
+        "outcome" => outcome(result),
+    )
+    .record(elapsed.as_secs_f64());
+    #[cfg(not(feature = "metrics"))]
+    let _ = (source, elapsed, result);
+}
+
+/// A refresh ended in `ReauthRequired`.
+#[inline]
+pub(crate) fn reauth_required(source: &dyn TokenSource) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(
+        "oauth_refresh_reauth_required_total",
+        "grant" => grant(source),
+        "host" => host(source),
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = source;
+}
+
+/// A rejected request is resent with a new token.
+#[inline]
+pub(crate) fn resend(source: &dyn TokenSource) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(
+        "oauth_refresh_resends_total",
+        "grant" => grant(source),
+        "host" => host(source),
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = source;
+}
+
+/// The persistence hook failed.
+#[inline]
+pub(crate) fn persist_failure(source: &dyn TokenSource) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(
+        "oauth_refresh_persist_failures_total",
+        "grant" => grant(source),
+        "host" => host(source),
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = source;
+}
+
+/// A refresh starts, replacing a token with `remaining` left (`None`: unknown).
+#[inline]
+pub(crate) fn remaining_lifetime(source: &dyn TokenSource, remaining: Option<Duration>) {
+    #[cfg(feature = "metrics")]
+    if let Some(remaining) = remaining {
+        ::metrics::histogram!(
+            "oauth_refresh_token_remaining_lifetime_seconds",
+            "grant" => grant(source),
+            "host" => host(source),
+        )
+        .record(remaining.as_secs_f64());
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (source, remaining);
+}
+
+// Label values are copied per recording: recordings happen per refresh, and keeping them in
+// the cell would cost every idle key of a keyed layer the memory.
+#[cfg(feature = "metrics")]
+fn grant(source: &dyn TokenSource) -> String {
+    source.grant().to_owned()
+}
+
+#[cfg(feature = "metrics")]
+fn host(source: &dyn TokenSource) -> String {
+    source.host().unwrap_or("unknown").to_owned()
+}
+
+#[cfg(feature = "metrics")]
+fn outcome(result: Result<(), &RefreshError>) -> &'static str {
+    use crate::error::RefreshErrorKind;
+    match result.map_err(RefreshError::kind) {
+        Ok(()) => "success",
+        Err(RefreshErrorKind::Transient) => "transient",
+        Err(RefreshErrorKind::Reauth) => "reauth",
+        Err(RefreshErrorKind::Configuration) => "configuration",
+    }
+}
