@@ -54,6 +54,7 @@
 //!         for: 10m
 //! ```
 
+#[cfg(feature = "metrics")]
 use std::time::Duration;
 
 use crate::error::RefreshError;
@@ -75,13 +76,12 @@ pub(crate) fn token_request(source: &dyn TokenSource, result: Result<(), &Refres
 }
 
 /// A refresh settled after `elapsed`.
-#[inline]
+#[cfg(feature = "metrics")]
 pub(crate) fn refresh(
     source: &dyn TokenSource,
     elapsed: Duration,
     result: Result<(), &RefreshError>,
 ) {
-    #[cfg(feature = "metrics")]
     ::metrics::histogram!(
         "oauth_refresh_refresh_duration_seconds",
         "grant" => grant(source),
@@ -89,8 +89,6 @@ pub(crate) fn refresh(
         "outcome" => outcome(result),
     )
     .record(elapsed.as_secs_f64());
-    #[cfg(not(feature = "metrics"))]
-    let _ = (source, elapsed, result);
 }
 
 /// A refresh ended in `ReauthRequired`.
@@ -136,9 +134,8 @@ pub(crate) fn persist_failure(source: &dyn TokenSource) {
 }
 
 /// A refresh starts, replacing a token with `remaining` left (`None`: unknown).
-#[inline]
+#[cfg(feature = "metrics")]
 pub(crate) fn remaining_lifetime(source: &dyn TokenSource, remaining: Option<Duration>) {
-    #[cfg(feature = "metrics")]
     if let Some(remaining) = remaining {
         ::metrics::histogram!(
             "oauth_refresh_token_remaining_lifetime_seconds",
@@ -147,8 +144,6 @@ pub(crate) fn remaining_lifetime(source: &dyn TokenSource, remaining: Option<Dur
         )
         .record(remaining.as_secs_f64());
     }
-    #[cfg(not(feature = "metrics"))]
-    let _ = (source, remaining);
 }
 
 // Label values are copied per recording: recordings happen per refresh, and keeping them in

@@ -429,16 +429,18 @@ impl FlightGuard {
                     self.presented = slot.refresh_token.clone();
                 }
                 cell.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+                // Read for the metrics only: without the feature, not even compiled.
+                #[cfg(feature = "metrics")]
                 let started = Instant::now();
-                let replaced = cell
-                    .snapshot
-                    .load()
-                    .token
-                    .as_ref()
-                    .and_then(|t| t.expires_at);
+                #[cfg(feature = "metrics")]
                 crate::metrics::remaining_lifetime(
                     &*cell.source,
-                    replaced.map(|at| at.saturating_duration_since(started)),
+                    cell.snapshot
+                        .load()
+                        .token
+                        .as_ref()
+                        .and_then(|t| t.expires_at)
+                        .map(|at| at.saturating_duration_since(started)),
                 );
                 let fetched = async {
                     tracing::debug!("refresh started");
@@ -455,6 +457,7 @@ impl FlightGuard {
                     self.presented.as_ref(),
                     result,
                 );
+                #[cfg(feature = "metrics")]
                 crate::metrics::refresh(
                     &*cell.source,
                     started.elapsed(),
