@@ -2,6 +2,7 @@
 
 use std::error::Error;
 use std::fmt;
+use std::sync::Arc;
 
 use http::{Extensions, HeaderMap, Method};
 
@@ -150,5 +151,51 @@ impl fmt::Debug for KeyError {
 impl Error for KeyError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         self.source.as_deref().map(|e| e as &(dyn Error + 'static))
+    }
+}
+
+/// The application's function from a request to its key.
+type KeyFn<K> = dyn Fn(&RequestHead<'_>) -> Option<K> + Send + Sync;
+
+/// How a request names its key.
+pub(crate) enum KeyFrom<K> {
+    /// An extension of the key's type.
+    Extension,
+    /// The application's function of the request.
+    Function(Arc<KeyFn<K>>),
+}
+
+impl<K> Clone for KeyFrom<K> {
+    fn clone(&self) -> Self {
+        match self {
+            KeyFrom::Extension => KeyFrom::Extension,
+            KeyFrom::Function(f) => KeyFrom::Function(f.clone()),
+        }
+    }
+}
+
+impl<K: Clone + Send + Sync + 'static> KeyFrom<K> {
+    #[inline]
+    pub(crate) fn key(&self, head: &RequestHead<'_>) -> Option<K> {
+        match self {
+            KeyFrom::Extension => head.extensions.get::<K>().cloned(),
+            KeyFrom::Function(f) => f(head),
+        }
+    }
+
+    /// The key of a tower request.
+    #[inline]
+    pub(crate) fn of<B>(&self, request: &http::Request<B>) -> Option<K> {
+        if let KeyFrom::Extension = self {
+            return request.extensions().get::<K>().cloned();
+        }
+        let uri = request.uri();
+        self.key(&RequestHead {
+            method: request.method(),
+            host: uri.host(),
+            path: uri.path(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+        })
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::factory::SourceFactory;
-use super::key::RequestHead;
+use super::key::{KeyFrom, RequestHead};
 use super::map::{Cells, Eviction};
 use super::service::KeyedRefresh;
 use crate::cell::{MAX_SPAN, Schedule, Stats, TokenCell};
@@ -75,52 +75,6 @@ pub struct KeyedRefreshLayer<K> {
     pub(super) cells: Arc<Cells<K>>,
     pub(super) keys: KeyFrom<K>,
     pub(super) options: Options,
-}
-
-/// The application's function from a request to its key.
-type KeyFn<K> = dyn Fn(&RequestHead<'_>) -> Option<K> + Send + Sync;
-
-/// How a request names its key.
-pub(super) enum KeyFrom<K> {
-    /// An extension of the key's type.
-    Extension,
-    /// The application's function of the request.
-    Function(Arc<KeyFn<K>>),
-}
-
-impl<K> Clone for KeyFrom<K> {
-    fn clone(&self) -> Self {
-        match self {
-            KeyFrom::Extension => KeyFrom::Extension,
-            KeyFrom::Function(f) => KeyFrom::Function(f.clone()),
-        }
-    }
-}
-
-impl<K: Clone + Send + Sync + 'static> KeyFrom<K> {
-    #[inline]
-    pub(super) fn key(&self, head: &RequestHead<'_>) -> Option<K> {
-        match self {
-            KeyFrom::Extension => head.extensions.get::<K>().cloned(),
-            KeyFrom::Function(f) => f(head),
-        }
-    }
-
-    /// The key of a tower request.
-    #[inline]
-    pub(super) fn of<B>(&self, request: &http::Request<B>) -> Option<K> {
-        if let KeyFrom::Extension = self {
-            return request.extensions().get::<K>().cloned();
-        }
-        let uri = request.uri();
-        self.key(&RequestHead {
-            method: request.method(),
-            host: uri.host(),
-            path: uri.path(),
-            headers: request.headers(),
-            extensions: request.extensions(),
-        })
-    }
 }
 
 impl<K> Clone for KeyedRefreshLayer<K> {

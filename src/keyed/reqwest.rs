@@ -8,8 +8,8 @@ use http::{Extensions, header};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Error, Middleware, Next};
 
-use super::key::{KeyError, RequestHead};
-use super::layer::{KeyFrom, KeyedRefreshLayer};
+use super::key::{KeyError, KeyFrom, RequestHead};
+use super::layer::KeyedRefreshLayer;
 use crate::extension::SkipAuth;
 
 #[async_trait::async_trait]

@@ -11,8 +11,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::key::KeyError;
-use super::layer::KeyFrom;
+use super::key::{KeyError, KeyFrom};
 use super::map::Cells;
 use crate::BoxError;
 use crate::body::RefreshBody;
