@@ -14,6 +14,9 @@
 //! 4. the refresh tokens are revoked: the still-valid access token keeps being served, and
 //!    once it has expired, requests fail with `ReauthRequired`, in plain words.
 //!
+//! 5. The metrics the run recorded (feature `metrics`, on for the examples), printed as the
+//!    Prometheus text exposition an operator's dashboard would scrape.
+//!
 //! Every claim is asserted: the demo exits with an error if one does not hold.
 //!
 //! ```text
@@ -71,6 +74,8 @@ impl Demo {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    // What the layer records (feature `metrics`), kept for the end of the story.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
     let server = Server::start(LIFETIME).await;
     let story = Story::begin();
     story.say(format!(
@@ -106,6 +111,28 @@ async fn main() -> Result<(), Error> {
     ));
     assert_eq!((stats.refreshes, stats.reauths, stats.retries), (4, 1, 1));
     assert_eq!(demo.server.token_requests("refresh_token"), 4);
+
+    // What an operator's dashboard would scrape: the Prometheus text exposition of the run.
+    let exposition = metrics.render();
+    demo.story
+        .say("what the run recorded (feature `metrics`), as Prometheus scrapes it:");
+    for line in exposition.lines().filter(|line| !line.is_empty()) {
+        println!("    {line}");
+    }
+    for (name, outcome) in [
+        ("oauth_refresh_token_requests_total", "success"),
+        ("oauth_refresh_token_requests_total", "reauth"),
+    ] {
+        assert!(
+            exposition
+                .lines()
+                .any(|line| line.starts_with(name)
+                    && line.contains(&format!("outcome=\"{outcome}\""))),
+            "{name} with outcome {outcome} in:\n{exposition}"
+        );
+    }
+    assert!(exposition.contains("oauth_refresh_reauth_required_total"));
+    assert!(exposition.contains("oauth_refresh_resends_total"));
     Ok(())
 }
 
