@@ -94,43 +94,19 @@ pub(crate) fn refresh(
 /// A refresh ended in `ReauthRequired`.
 #[inline]
 pub(crate) fn reauth_required(source: &dyn TokenSource) {
-    #[cfg(feature = "metrics")]
-    ::metrics::counter!(
-        "oauth_refresh_reauth_required_total",
-        "grant" => grant(source),
-        "host" => host(source),
-    )
-    .increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = source;
+    count("oauth_refresh_reauth_required_total", source);
 }
 
 /// A rejected request is resent with a new token.
 #[inline]
 pub(crate) fn resend(source: &dyn TokenSource) {
-    #[cfg(feature = "metrics")]
-    ::metrics::counter!(
-        "oauth_refresh_resends_total",
-        "grant" => grant(source),
-        "host" => host(source),
-    )
-    .increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = source;
+    count("oauth_refresh_resends_total", source);
 }
 
 /// The persistence hook failed.
 #[inline]
 pub(crate) fn persist_failure(source: &dyn TokenSource) {
-    #[cfg(feature = "metrics")]
-    ::metrics::counter!(
-        "oauth_refresh_persist_failures_total",
-        "grant" => grant(source),
-        "host" => host(source),
-    )
-    .increment(1);
-    #[cfg(not(feature = "metrics"))]
-    let _ = source;
+    count("oauth_refresh_persist_failures_total", source);
 }
 
 /// A refresh starts, replacing a token with `remaining` left (`None`: unknown).
@@ -144,6 +120,15 @@ pub(crate) fn remaining_lifetime(source: &dyn TokenSource, remaining: Option<Dur
         )
         .record(remaining.as_secs_f64());
     }
+}
+
+/// One more of counter `name`, labelled with the source's grant and host.
+#[inline]
+fn count(name: &'static str, source: &dyn TokenSource) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(name, "grant" => grant(source), "host" => host(source)).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (name, source);
 }
 
 // Label values are copied per recording: recordings happen per refresh, and keeping them in

@@ -31,6 +31,9 @@ impl Middleware for RefreshLayer {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
+        if passes_through(&request, extensions) {
+            return next.run(request, extensions).await;
+        }
         send(
             &self.shared.cell,
             &self.shared.options,
@@ -42,9 +45,15 @@ impl Middleware for RefreshLayer {
     }
 }
 
-/// The request path. The fast path (token FRESH or STALE, response accepted) stays in this
-/// small future; waiting for a refresh, reading a body prefix and the resend are boxed, so
-/// that their state is not moved with every request.
+/// A request with credentials of its own, or that asked for none: it goes as it is.
+pub(crate) fn passes_through(request: &Request, extensions: &Extensions) -> bool {
+    extensions.get::<SkipAuth>().is_some() || request.headers().contains_key(header::AUTHORIZATION)
+}
+
+/// The request path, for a request that does not [pass through](passes_through). The fast
+/// path (token FRESH or STALE, response accepted) stays in this small future; waiting for a
+/// refresh, reading a body prefix and the resend are boxed, so that their state is not moved
+/// with every request.
 pub(crate) async fn send(
     cell: &Arc<TokenCell>,
     options: &Options,
@@ -52,11 +61,6 @@ pub(crate) async fn send(
     extensions: &mut Extensions,
     next: Next<'_>,
 ) -> reqwest_middleware::Result<Response> {
-    if extensions.get::<SkipAuth>().is_some()
-        || request.headers().contains_key(header::AUTHORIZATION)
-    {
-        return next.run(request, extensions).await;
-    }
     if !options.allow_insecure_http
         && let Some(host) = insecure_host(request.url())
     {

@@ -4,13 +4,12 @@
 
 use std::hash::Hash;
 
-use http::{Extensions, header};
+use http::Extensions;
 use reqwest::{Request, Response};
 use reqwest_middleware::{Error, Middleware, Next};
 
 use super::key::{KeyError, KeyFrom, RequestHead};
 use super::layer::KeyedRefreshLayer;
-use crate::extension::SkipAuth;
 
 #[async_trait::async_trait]
 impl<K> Middleware for KeyedRefreshLayer<K>
@@ -24,9 +23,7 @@ where
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
         // Credentials of its own, or none asked for: no key needed.
-        if extensions.get::<SkipAuth>().is_some()
-            || request.headers().contains_key(header::AUTHORIZATION)
-        {
+        if crate::reqwest::passes_through(&request, extensions) {
             return next.run(request, extensions).await;
         }
         let key = match &self.keys {
