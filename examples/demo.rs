@@ -76,6 +76,7 @@ impl Demo {
 async fn main() -> Result<(), Error> {
     // What the layer records (feature `metrics`), kept for the end of the story.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+    oauth_refresh::metrics::describe();
     let server = Server::start(LIFETIME).await;
     let story = Story::begin();
     story.say(format!(
@@ -133,6 +134,7 @@ async fn main() -> Result<(), Error> {
     }
     assert!(exposition.contains("oauth_refresh_reauth_required_total"));
     assert!(exposition.contains("oauth_refresh_resends_total"));
+    assert!(exposition.contains("# HELP oauth_refresh_reauth_required_total "));
     Ok(())
 }
 

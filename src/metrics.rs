@@ -54,6 +54,55 @@
 //!         for: 10m
 //! ```
 
+/// Gives the installed recorder each instrument's unit and help text, from the table above;
+/// exporters show them (Prometheus as `# HELP` lines). Call it once after installing the
+/// recorder; without it the instruments still record, undescribed.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
+/// oauth_refresh::metrics::describe();
+/// // ... later, on the scrape endpoint:
+/// let exposition = prometheus.render();
+/// # drop(exposition);
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "metrics")]
+pub fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        "oauth_refresh_token_requests_total",
+        Unit::Count,
+        "Requests to the token endpoint, each attempt of a refresh, by grant, host and outcome"
+    );
+    describe_histogram!(
+        "oauth_refresh_refresh_duration_seconds",
+        Unit::Seconds,
+        "One refresh from its start until its result is settled, resends and backoff included"
+    );
+    describe_counter!(
+        "oauth_refresh_reauth_required_total",
+        Unit::Count,
+        "Refreshes refused by the server (invalid_grant): a person must sign in again"
+    );
+    describe_counter!(
+        "oauth_refresh_resends_total",
+        Unit::Count,
+        "Requests resent with a new token after the server rejected theirs"
+    );
+    describe_counter!(
+        "oauth_refresh_persist_failures_total",
+        Unit::Count,
+        "Times the persistence hook failed; the new tokens stayed in use"
+    );
+    describe_histogram!(
+        "oauth_refresh_token_remaining_lifetime_seconds",
+        Unit::Seconds,
+        "As a refresh starts, how long the token it replaces had left"
+    );
+}
+
 #[cfg(feature = "metrics")]
 use std::time::Duration;
 

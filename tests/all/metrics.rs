@@ -328,3 +328,62 @@ async fn a_source_without_a_host_is_labelled_unknown() {
         1
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn described_instruments_carry_their_unit_and_help_text() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    oauth_refresh::metrics::describe();
+    let layer = RefreshLayer::new(TestSource::new(LIFETIME));
+    layer.layer(Api::open()).oneshot(get()).await.unwrap();
+
+    let described: Vec<_> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, unit, help, _)| (key.key().name().to_owned(), unit, help))
+        .collect();
+    let names = [
+        "oauth_refresh_token_requests_total",
+        "oauth_refresh_refresh_duration_seconds",
+    ];
+    for name in names {
+        let (_, unit, help) = described
+            .iter()
+            .find(|(n, ..)| n == name)
+            .unwrap_or_else(|| panic!("{name} not recorded: {described:?}"));
+        let want = if name.ends_with("_seconds") {
+            metrics::Unit::Seconds
+        } else {
+            metrics::Unit::Count
+        };
+        assert_eq!(*unit, Some(want), "{name}");
+        assert!(help.as_ref().is_some_and(|h| h.len() > 20), "{name}: {help:?}");
+    }
+}
+
+/// Feature `metrics` off: `tests/feature-off/`, a package of its own (this binary always sees
+/// the feature), builds the crate without it beside a recorder and shows nothing recorded
+/// and the facade not compiled in.
+#[test]
+fn with_the_feature_off_nothing_is_recorded_or_compiled_in() {
+    let package = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/feature-off");
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["test", "--quiet", "--manifest-path"])
+        .arg(format!("{package}/Cargo.toml"))
+        // Beside this build's own, never inside the directory it locks.
+        .env(
+            "CARGO_TARGET_DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/target/feature-off"),
+        )
+        .output()
+        .expect("cargo runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{printed}");
+    assert!(printed.contains("test result: ok. 2 passed"), "{printed}");
+}
