@@ -359,7 +359,10 @@ async fn described_instruments_carry_their_unit_and_help_text() {
             metrics::Unit::Count
         };
         assert_eq!(*unit, Some(want), "{name}");
-        assert!(help.as_ref().is_some_and(|h| h.len() > 20), "{name}: {help:?}");
+        assert!(
+            help.as_ref().is_some_and(|h| h.len() > 20),
+            "{name}: {help:?}"
+        );
     }
 }
 
