@@ -8,7 +8,13 @@
 //!   baseline;
 //! - `keyed_one_key`: the same keyed layer, with the same key on every request: what the
 //!   lookup itself costs when every line it reads is in the cache;
-//! - `keyed_10000`: `KeyedRefreshLayer` holding 10,000 cells, all primed, choosing by the key.
+//! - `keyed_10000`: `KeyedRefreshLayer` holding 10,000 cells, all primed, choosing by the key;
+//! - `map_floor_10000`: no token cell at all, a `HashMap` of 10,000 keys to their header
+//!   values, whose value is copied into the request: the least that any keyed layer does
+//!   (hash the key, read its bucket, copy its header), to tell the cost of the cells from the
+//!   cost of a random key among many;
+//! - `map_floor_one_key`: the same map, always the same key: with `map_floor_10000`, what the
+//!   cache misses of a random key cost when nothing but a map lookup is done.
 //!
 //! Group `keyed_stampede`: 10,000 concurrent callers over 1,000 keys, all expired just before
 //! (`expired`), against the same callers with every token valid (`fresh`). The sources take
@@ -142,6 +148,17 @@ fn keyed(c: &mut Criterion) {
         let mut cx = Context::from_waker(Waker::noop());
         b.iter(|| black_box(send(&mut service, users.next(), &mut cx)));
     });
+    group.bench_function("map_floor_one_key", |b| {
+        let mut service = MapFloor::layer(api());
+        let mut cx = Context::from_waker(Waker::noop());
+        b.iter(|| black_box(send(&mut service, User(7), &mut cx)));
+    });
+    group.bench_function("map_floor_10000", |b| {
+        let mut service = MapFloor::layer(api());
+        let mut users = RandomUser(0x2545_F491_4F6C_DD1D);
+        let mut cx = Context::from_waker(Waker::noop());
+        b.iter(|| black_box(send(&mut service, users.next(), &mut cx)));
+    });
     group.finish();
 
     // Every measured request found its key's token FRESH: the priming was the only refresh.
@@ -167,6 +184,52 @@ where
     match future.as_mut().poll(cx) {
         std::task::Poll::Ready(Ok(response)) => response,
         other => panic!("not answered at once: {:?}", other.map(|r| r.map(drop))),
+    }
+}
+
+/// The floor of a keyed request: each key's header value in a map, copied into the request.
+/// Each value is its own allocation, as each cell's is.
+struct MapFloor<S> {
+    headers: Arc<std::collections::HashMap<User, http::HeaderValue>>,
+    inner: S,
+}
+
+impl<S> MapFloor<S> {
+    fn layer(inner: S) -> Self {
+        let headers = (0..KEYS)
+            .map(|user| {
+                let mut value = http::HeaderValue::try_from(format!("Bearer {ACCESS_TOKEN}"))
+                    .expect("a header value");
+                value.set_sensitive(true);
+                (User(user), value)
+            })
+            .collect();
+        MapFloor {
+            headers: Arc::new(headers),
+            inner,
+        }
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for MapFloor<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> S::Future {
+        let user = request.extensions().get::<User>().expect("a key");
+        let value = self.headers.get(user).expect("a known key").clone();
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, value);
+        self.inner.call(request)
     }
 }
 
@@ -320,6 +383,11 @@ mod instructions {
         drive(layer.layer(api()), n, false);
     }
 
+    #[inline(never)]
+    fn drive_map_floor_10000(service: MapFloor<common::Api>, n: u64) {
+        drive(service, n, false);
+    }
+
     pub(super) fn run(n: u64) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -339,6 +407,7 @@ mod instructions {
         drive_single_token(&single, n);
         drive_keyed_one_key(&layer, n);
         drive_keyed_10000(&layer, n);
+        drive_map_floor_10000(MapFloor::layer(api()), n);
     }
 }
 
