@@ -4,6 +4,8 @@
 mod alloc;
 #[cfg(feature = "reqwest")]
 mod api_server;
+#[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
+mod client_assertion;
 #[cfg(feature = "reqwest")]
 mod faults;
 // The grant tests use reqwest, the grants' default HTTP client.

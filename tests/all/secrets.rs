@@ -187,3 +187,48 @@ async fn token_requests_on_the_wire_are_traced_without_secrets() {
     assert!(!log.contains("w1re"), "{log}");
     assert!(!format!("{err} {err:?}").contains("w1re"));
 }
+
+/// Client assertions: neither the signed JWT nor the key shows in logs, errors or `Debug`.
+#[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
+#[tokio::test]
+async fn client_assertions_never_show_in_logs_or_errors() {
+    use crate::token_endpoint::{Answer, TokenEndpoint};
+    use oauth_refresh::ClientCredentials;
+    use oauth_refresh::oauth::{ClientAuth, Es256Key, PrivateKeyJwt};
+    use serde_json::json;
+
+    let log = trace_log();
+    let server = TokenEndpoint::start().await;
+    server.push(Answer::json(
+        200,
+        json!({"access_token": "at-assert", "expires_in": 60}),
+    ));
+    server.push(Answer::json(
+        401,
+        json!({"error": "invalid_client", "error_description": "assertion refused"}),
+    ));
+    let grant = ClientCredentials::with_client_auth(
+        server.url(),
+        "svc-asserting",
+        ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(Es256Key::generate().unwrap())),
+    );
+    let layer = RefreshLayer::new(grant);
+    layer.refresh().await.unwrap();
+    let err = layer.refresh().await.unwrap_err();
+    assert!(err.to_string().contains("invalid_client"), "{err}");
+
+    let assertions: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.param("client_assertion").expect("an assertion"))
+        .collect();
+    assert_eq!(assertions.len(), 2);
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let printed = format!("{err} {err:?} {layer:?} {log}");
+    for assertion in &assertions {
+        // Each part alone: header, claims and signature.
+        for part in assertion.split('.') {
+            assert!(!printed.contains(part), "{part} in {printed}");
+        }
+    }
+}
