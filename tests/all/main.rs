@@ -15,6 +15,8 @@ mod grants;
 mod hostile;
 #[cfg(feature = "reqwest")]
 mod interop;
+#[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
+mod interop_private_key_jwt;
 mod keyed;
 #[cfg(feature = "reqwest")]
 mod keyed_http;
