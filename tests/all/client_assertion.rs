@@ -392,3 +392,85 @@ fn debug_never_shows_keys_or_assertions() {
     );
     assert!(!printed.contains("s3cr3t"), "{printed}");
 }
+
+/// A projected token file can be missing for a moment while it is replaced: the refresh asks
+/// again after its backoff and sends the new one, nothing before it.
+#[tokio::test(start_paused = true)]
+async fn a_briefly_missing_assertion_file_is_read_again_after_the_backoff() {
+    let dir = std::env::temp_dir().join(format!(
+        "oauth-refresh-client-assertion-{}-{}",
+        std::process::id(),
+        line!()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("token");
+    let _ = std::fs::remove_file(&path);
+
+    let server = TokenEndpoint::start().await;
+    server.push(tokens("at-1", None));
+    let grant = ClientCredentials::with_client_auth(
+        server.url(),
+        "workload",
+        ClientAuth::ClientAssertion(ClientAssertion::from_file(&path)),
+    );
+    let layer = RefreshLayer::new(grant);
+    let writer = {
+        let path = path.clone();
+        tokio::spawn(async move {
+            // Sooner than the first backoff (200 ms, jittered down to no less than half).
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            std::fs::write(&path, "eyJ.rotated.sig").unwrap();
+        })
+    };
+    let started = tokio::time::Instant::now();
+    layer.refresh().await.unwrap();
+    writer.await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    let [request] = server.requests().try_into().expect("one token request");
+    assert_eq!(assertion_of(&request, "workload"), "eyJ.rotated.sig");
+    assert_eq!(
+        layer.stats().failures,
+        0,
+        "one refresh, resent within itself"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A signer that never answers (a KMS out of reach) holds no refresh beyond the request
+/// timeout, and nothing is sent without its signature.
+struct SilentKms;
+
+impl JwsSigner for SilentKms {
+    fn alg(&self) -> &str {
+        "ES256"
+    }
+
+    fn sign<'a>(&'a self, _: &'a [u8]) -> BoxFuture<'a, Result<Vec<u8>, BoxError>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signer_that_never_answers_times_out_and_sends_nothing() {
+    let server = TokenEndpoint::start().await;
+    let grant = ClientCredentials::with_client_auth(
+        server.url(),
+        "svc",
+        ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(SilentKms)),
+    )
+    .timeout(Duration::from_secs(2));
+    let layer = RefreshLayer::new(grant);
+    let started = tokio::time::Instant::now();
+    let err = layer.refresh().await.unwrap_err();
+    let RefreshError::Transient(transient) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(transient.kind(), TransientKind::ClientAssertion, "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.count(), 0);
+}
