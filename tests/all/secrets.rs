@@ -38,13 +38,22 @@ async fn refresh_service_debug_never_shows_the_token() {
     assert!(!printed.contains("at-1"), "{printed}");
 }
 
-/// Collects what a tracing subscriber writes.
+/// Collects what a tracing subscriber writes, from the threads of the tests that asked for
+/// it ([`trace_log`]) only.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    /// Whether this thread's events are kept: the other tests' would grow the log by tens of
+    /// megabytes over a run, which the memory tests (keyed, soak) would count as theirs.
+    static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        if CAPTURING.with(std::cell::Cell::get) {
+            self.0.lock().unwrap().extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -52,10 +61,12 @@ impl Write for Captured {
     }
 }
 
-/// Everything any test traces goes here. A global subscriber, because tracing caches each
-/// callsite's interest process-wide: a thread-local one races with the other tests' threads.
+/// What the calling test traces goes here: its thread, which on a current-thread runtime runs
+/// its refreshes too. A global subscriber, because tracing caches each callsite's interest
+/// process-wide: a thread-local one races with the other tests' threads.
 fn trace_log() -> &'static Captured {
     static LOG: OnceLock<Captured> = OnceLock::new();
+    CAPTURING.with(|capturing| capturing.set(true));
     LOG.get_or_init(|| {
         let captured = Captured::default();
         let writer = captured.clone();
