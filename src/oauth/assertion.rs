@@ -74,6 +74,9 @@ const MAX_ASSERTION_BYTES: u64 = 64 * 1024;
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 ///
+/// `examples/private_key_jwt.rs` runs this against a token endpoint on loopback that checks
+/// each assertion's signature with the registered public JWK and refuses a replayed `jti`.
+///
 /// A secret set on the grant is never sent beside an assertion. With client credentials,
 /// [`ClientCredentials::with_client_auth`](crate::ClientCredentials::with_client_auth) takes
 /// the client authentication instead of a secret.
