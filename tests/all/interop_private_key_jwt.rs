@@ -208,6 +208,18 @@ impl HttpClient for Recording {
     }
 }
 
+/// A [`Recording`] shared with the test that reads it.
+struct Shared(Arc<Recording>);
+
+impl HttpClient for Shared {
+    fn send(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
+        self.0.send(request)
+    }
+}
+
 #[tokio::test]
 async fn a_replayed_assertion_is_refused_and_the_client_never_sends_one_twice() {
     let provider = OidcProvider::start().await;
@@ -221,15 +233,6 @@ async fn a_replayed_assertion_is_refused_and_the_client_never_sends_one_twice() 
         withheld: Mutex::default(),
         withhold: true.into(),
     });
-    struct Shared(Arc<Recording>);
-    impl HttpClient for Shared {
-        fn send(
-            &self,
-            request: http::Request<Bytes>,
-        ) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
-            self.0.send(request)
-        }
-    }
     let key = pkjwt_es256_key();
     assert_eq!(key.alg(), "ES256");
     let grant = ClientCredentials::with_client_auth(
@@ -287,4 +290,83 @@ async fn a_replayed_assertion_is_refused_and_the_client_never_sends_one_twice() 
     let (status, answer) = provider.raw_token_request(&sent[0]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
     assert_eq!(provider.stats().await.client_assertion_replayed, 2);
+}
+
+/// The file a projected token would be: an assertion made elsewhere, read on every request.
+/// The assertions in it are ones the client signed but never sent (withheld), so the server
+/// has seen none of them.
+#[tokio::test]
+async fn an_assertion_file_is_read_for_every_request_and_its_replay_is_refused() {
+    let provider = OidcProvider::start().await;
+    let recording = Arc::new(Recording {
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        sent: Mutex::default(),
+        withheld: Mutex::default(),
+        withhold: false.into(),
+    });
+    let signing = RefreshLayer::new(
+        ClientCredentials::with_client_auth(
+            provider.token_url(),
+            PKJWT_RS256_ID,
+            ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(pkjwt_rs256_key())),
+        )
+        .http_client(Shared(recording.clone())),
+    );
+    for _ in 0..2 {
+        recording
+            .withhold
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        signing.refresh().await.unwrap();
+    }
+    let withheld: Vec<String> = recording
+        .withheld
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|form| {
+            url::form_urlencoded::parse(form)
+                .find(|(name, _)| name == "client_assertion")
+                .map(|(_, value)| value.into_owned())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(withheld.len(), 2);
+
+    let dir = std::env::temp_dir().join(format!(
+        "oauth-refresh-interop-assertion-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{}\n", withheld[0])).unwrap();
+    let from_file = RefreshLayer::new(ClientCredentials::with_client_auth(
+        provider.token_url(),
+        PKJWT_RS256_ID,
+        ClientAuth::ClientAssertion(oauth_refresh::oauth::ClientAssertion::from_file(&path)),
+    ));
+    provider.reset().await;
+    from_file
+        .refresh()
+        .await
+        .unwrap_or_else(|e| panic!("{e}; server:\n{}", provider.stderr_tail()));
+    // Not rotated yet: the same assertion again, which the server refuses as a replay.
+    let err = from_file.refresh().await.unwrap_err();
+    assert!(
+        matches!(&err, oauth_refresh::RefreshError::Configuration(c) if c.error() == "invalid_client"),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains(&withheld[0]));
+    // Rotated: the next request reads the new one.
+    std::fs::write(&path, &withheld[1]).unwrap();
+    from_file.refresh().await.unwrap();
+    let stats = provider.stats().await;
+    assert_eq!(
+        (
+            stats.client_credentials,
+            stats.private_key_jwt,
+            stats.client_assertion_replayed
+        ),
+        (3, 3, 1)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
