@@ -55,13 +55,13 @@ impl ClientCredentials {
     ///
     /// ```
     /// use oauth_refresh::{ClientCredentials, RefreshLayer};
-    /// use oauth_refresh::oauth::{ClientAuth, Es256Key, PrivateKeyJwt};
+    /// use oauth_refresh::oauth::{Es256Key, PrivateKeyJwt};
     ///
     /// let key = Es256Key::generate()?.with_key_id("client-key-1");
     /// let grant = ClientCredentials::with_client_auth(
     ///     "https://login.example.com/oauth2/token",
     ///     "reporting",
-    ///     ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(key)),
+    ///     PrivateKeyJwt::new(key),
     /// )
     /// .scope("api:read");
     /// let layer = RefreshLayer::new(grant);
@@ -71,10 +71,10 @@ impl ClientCredentials {
     pub fn with_client_auth(
         token_url: impl AsRef<str>,
         client_id: impl Into<String>,
-        auth: super::ClientAuth,
+        auth: impl Into<super::ClientAuth>,
     ) -> Self {
         let mut endpoint = Endpoint::new(token_url.as_ref(), client_id.into());
-        endpoint.auth = auth;
+        endpoint.auth = auth.into();
         ClientCredentials {
             endpoint,
             scopes: Vec::new(),

@@ -28,15 +28,19 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// without an assertion sends only its `client_id`, in the form.
 ///
 /// Every request a grant sends to the authorization server is authenticated this way,
-/// resends included, and an assertion is made anew for each.
+/// resends included, and an assertion is made anew for each. A [`PrivateKeyJwt`](super::PrivateKeyJwt)
+/// or a [`ClientAssertion`](super::ClientAssertion) converts into its variant.
 ///
 /// ```
-/// use oauth_refresh::ClientCredentials;
-/// use oauth_refresh::oauth::ClientAuth;
+/// use oauth_refresh::{ClientCredentials, RefreshTokenGrant};
+/// use oauth_refresh::oauth::{ClientAuth, Es256Key, PrivateKeyJwt};
 ///
 /// let grant = ClientCredentials::new("https://login.example.com/token", "svc", "s3cr3t")
 ///     .client_auth(ClientAuth::Post);
-/// # drop(grant);
+/// let user = RefreshTokenGrant::new("https://login.example.com/token", "app", "rt-stored")
+///     .client_auth(PrivateKeyJwt::new(Es256Key::generate()?));
+/// # drop((grant, user));
+/// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, Default)]
 #[non_exhaustive]
@@ -53,6 +57,18 @@ pub enum ClientAuth {
     /// An assertion from outside (a file re-read for every request, or a function), such
     /// as a projected service-account token. No client secret is sent.
     ClientAssertion(super::ClientAssertion),
+}
+
+impl From<super::PrivateKeyJwt> for ClientAuth {
+    fn from(auth: super::PrivateKeyJwt) -> Self {
+        ClientAuth::PrivateKeyJwt(auth)
+    }
+}
+
+impl From<super::ClientAssertion> for ClientAuth {
+    fn from(assertion: super::ClientAssertion) -> Self {
+        ClientAuth::ClientAssertion(assertion)
+    }
 }
 
 /// A token endpoint, with the client credentials and transport settings of one grant.

@@ -50,8 +50,8 @@ macro_rules! endpoint_setters {
         /// [`ClientAuth::Basic`](crate::oauth::ClientAuth::Basic)), or with a signed or given
         /// assertion ([`ClientAuth::PrivateKeyJwt`](crate::oauth::ClientAuth::PrivateKeyJwt),
         /// [`ClientAuth::ClientAssertion`](crate::oauth::ClientAuth::ClientAssertion)).
-        pub fn client_auth(mut self, auth: $crate::oauth::ClientAuth) -> Self {
-            self.endpoint.auth = auth;
+        pub fn client_auth(mut self, auth: impl Into<$crate::oauth::ClientAuth>) -> Self {
+            self.endpoint.auth = auth.into();
             self
         }
 
