@@ -178,7 +178,9 @@ impl Endpoint {
         url: &Url,
         params: &[(&str, &str)],
     ) -> Result<http::Request<Bytes>, RefreshError> {
-        // Made before the form, which is not `Send` across an await.
+        // Made before the form, which is not `Send` across an await. The default audience is
+        // the URL the request goes to: the token endpoint for a token request, and another
+        // endpoint (revocation, device authorization) for a request there.
         let assertion = match &self.auth {
             ClientAuth::PrivateKeyJwt(jwt) => Some((
                 super::assertion::JWT_BEARER,
