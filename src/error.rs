@@ -125,6 +125,9 @@ pub enum TransientKind {
     /// The refresh was cancelled: the tokio runtime that ran it shut down before it
     /// reported an outcome.
     RuntimeShutdown,
+    /// The client's assertion could not be made for now (a signer that failed, an assertion
+    /// file missing while it is rotated); nothing was sent to the token endpoint.
+    ClientAssertion,
 }
 
 impl fmt::Display for TransientKind {
@@ -149,6 +152,7 @@ impl fmt::Display for TransientKind {
             TransientKind::RuntimeShutdown => {
                 f.write_str("the refresh was cancelled: the tokio runtime that ran it shut down")
             }
+            TransientKind::ClientAssertion => f.write_str("the client assertion could not be made"),
         }
     }
 }

@@ -364,6 +364,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `reqwest` | yes | `RefreshLayer` as a `reqwest_middleware::Middleware`, and reqwest (rustls) as the grants' HTTP client for the token endpoint |
+//! | `jwt-signing` | yes | built-in ES256 and RS256 keys ([`oauth::Es256Key`], [`oauth::Rs256Key`]) for `private_key_jwt` client authentication, on aws-lc-rs, which rustls already builds; without it, [`oauth::PrivateKeyJwt`] takes a [`oauth::JwsSigner`] of the application's |
 //! | `metrics` | no | counters and histograms of token requests, refreshes, resends, `ReauthRequired` and persistence failures, through the `metrics` facade, listed in the `metrics` module |
 //!
 //! Without `reqwest`, the layer is a tower layer only, and each grant needs an HTTP client

@@ -49,6 +49,39 @@ impl ClientCredentials {
         }
     }
 
+    /// A grant for `client_id` that authenticates with `auth` rather than a secret: a signed
+    /// JWT ([`ClientAuth::PrivateKeyJwt`](super::ClientAuth::PrivateKeyJwt)) or an assertion
+    /// from outside ([`ClientAuth::ClientAssertion`](super::ClientAuth::ClientAssertion)).
+    ///
+    /// ```
+    /// use oauth_refresh::{ClientCredentials, RefreshLayer};
+    /// use oauth_refresh::oauth::{Es256Key, PrivateKeyJwt};
+    ///
+    /// let key = Es256Key::generate()?.with_key_id("client-key-1");
+    /// let grant = ClientCredentials::with_client_auth(
+    ///     "https://login.example.com/oauth2/token",
+    ///     "reporting",
+    ///     PrivateKeyJwt::new(key),
+    /// )
+    /// .scope("api:read");
+    /// let layer = RefreshLayer::new(grant);
+    /// # drop(layer);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_client_auth(
+        token_url: impl AsRef<str>,
+        client_id: impl Into<String>,
+        auth: impl Into<super::ClientAuth>,
+    ) -> Self {
+        let mut endpoint = Endpoint::new(token_url.as_ref(), client_id.into());
+        endpoint.auth = auth.into();
+        ClientCredentials {
+            endpoint,
+            scopes: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
     /// Adds a scope to request; scopes are sent space-separated.
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scopes.push(scope.into());

@@ -23,18 +23,26 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How a confidential client proves its identity to the token endpoint (RFC 6749 §2.3.1).
-/// A client without a secret sends only its `client_id`, in the form.
+/// How a confidential client proves its identity to the token endpoint: with its secret
+/// (RFC 6749 §2.3.1), or with an assertion (RFC 7521 §4.2). A client without a secret and
+/// without an assertion sends only its `client_id`, in the form.
+///
+/// Every request a grant sends to the authorization server is authenticated this way,
+/// resends included, and an assertion is made anew for each. A [`PrivateKeyJwt`](super::PrivateKeyJwt)
+/// or a [`ClientAssertion`](super::ClientAssertion) converts into its variant.
 ///
 /// ```
-/// use oauth_refresh::ClientCredentials;
-/// use oauth_refresh::oauth::ClientAuth;
+/// use oauth_refresh::{ClientCredentials, RefreshTokenGrant};
+/// use oauth_refresh::oauth::{ClientAuth, Es256Key, PrivateKeyJwt};
 ///
 /// let grant = ClientCredentials::new("https://login.example.com/token", "svc", "s3cr3t")
 ///     .client_auth(ClientAuth::Post);
-/// # drop(grant);
+/// let user = RefreshTokenGrant::new("https://login.example.com/token", "app", "rt-stored")
+///     .client_auth(PrivateKeyJwt::new(Es256Key::generate()?));
+/// # drop((grant, user));
+/// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 #[non_exhaustive]
 pub enum ClientAuth {
     /// `client_secret_basic`: HTTP Basic, with the id and the secret each form-urlencoded
@@ -43,6 +51,24 @@ pub enum ClientAuth {
     Basic,
     /// `client_secret_post`: `client_id` and `client_secret` in the form body.
     Post,
+    /// `private_key_jwt` (RFC 7523 §2.2): a JWT signed by the client's key, a new one for
+    /// every request. No client secret is sent.
+    PrivateKeyJwt(super::PrivateKeyJwt),
+    /// An assertion from outside (a file re-read for every request, or a function), such
+    /// as a projected service-account token. No client secret is sent.
+    ClientAssertion(super::ClientAssertion),
+}
+
+impl From<super::PrivateKeyJwt> for ClientAuth {
+    fn from(auth: super::PrivateKeyJwt) -> Self {
+        ClientAuth::PrivateKeyJwt(auth)
+    }
+}
+
+impl From<super::ClientAssertion> for ClientAuth {
+    fn from(assertion: super::ClientAssertion) -> Self {
+        ClientAuth::ClientAssertion(assertion)
+    }
 }
 
 /// A token endpoint, with the client credentials and transport settings of one grant.
@@ -93,7 +119,16 @@ impl Endpoint {
     ) -> Result<TokenSet, RefreshError> {
         let url = self.checked_url()?;
         let http = self.http_client()?;
-        let request = self.build(url, params)?;
+        // Built per attempt: an assertion is signed anew for each, so no `jti` is sent twice.
+        let request = match tokio::time::timeout(self.timeout, self.build(url, params)).await {
+            Ok(built) => built?,
+            // A signer (a KMS) that does not answer: nothing was sent yet.
+            Err(_elapsed) => {
+                return Err(TransientError::new(TransientKind::ClientAssertion)
+                    .with_source("the signer did not answer within the request's timeout")
+                    .into());
+            }
+        };
         let may_resend = |error: TransientError| {
             let never_sent = error.is_resend_safe();
             error.with_resend_safe(never_sent || answered_resend_safe)
@@ -137,24 +172,42 @@ impl Endpoint {
         resolve_client(self.http.as_ref())
     }
 
-    fn build(
+    /// The token request: `params`, then the client's authentication.
+    async fn build(
         &self,
         url: &Url,
         params: &[(&str, &str)],
-    ) -> Result<http::Request<Bytes>, ConfigurationError> {
+    ) -> Result<http::Request<Bytes>, RefreshError> {
+        // Made before the form, which is not `Send` across an await. The default audience is
+        // the URL the request goes to: the token endpoint for a token request, and another
+        // endpoint (revocation, device authorization) for a request there.
+        let assertion = match &self.auth {
+            ClientAuth::PrivateKeyJwt(jwt) => Some((
+                super::assertion::JWT_BEARER,
+                jwt.assertion(&self.client_id, url.as_str()).await?,
+            )),
+            ClientAuth::ClientAssertion(from) => Some((from.type_uri(), from.assertion().await?)),
+            ClientAuth::Basic | ClientAuth::Post => None,
+        };
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         form.extend_pairs(params);
         let mut authorization = None;
-        match (&self.client_secret, self.auth) {
-            (Some(secret), ClientAuth::Basic) => {
+        match (assertion, &self.auth, &self.client_secret) {
+            // An assertion authenticates the client: a secret is never sent beside it.
+            (Some((assertion_type, assertion)), _, _) => {
+                form.append_pair("client_id", &self.client_id);
+                form.append_pair("client_assertion_type", assertion_type);
+                form.append_pair("client_assertion", &assertion);
+            }
+            (None, ClientAuth::Basic, Some(secret)) => {
                 authorization = Some(basic_authorization(&self.client_id, secret)?);
             }
-            (Some(secret), ClientAuth::Post) => {
+            (None, ClientAuth::Post, Some(secret)) => {
                 form.append_pair("client_id", &self.client_id);
                 form.append_pair("client_secret", secret.secret());
             }
             // A public client identifies itself and nothing more (RFC 6749 §3.2.1).
-            (None, _) => {
+            (None, _, _) => {
                 form.append_pair("client_id", &self.client_id);
             }
         }

@@ -5,6 +5,9 @@
 //!   token that the server may rotate; a persistence hook stores each new one.
 //! - [`AuthorizationCode`]: the first tokens, through a browser sign-in with PKCE.
 //! - [`ServerMetadata::discover`]: the endpoints, from the issuer's URL.
+//! - [`ClientAuth`]: how the client authenticates, for every grant: its secret, a JWT it
+//!   signs ([`PrivateKeyJwt`] with a [`JwsSigner`]: a built-in ES256 or RS256 key with
+//!   feature `jwt-signing`, or a KMS), or an assertion from outside ([`ClientAssertion`]).
 //!
 //! Each grant posts a form to the token endpoint with its own HTTP client (never through a
 //! [`RefreshLayer`](crate::RefreshLayer)), reads at most 256 KiB of the answer, and
@@ -16,15 +19,19 @@
 //!
 //! Nothing here knows about tower or reqwest-middleware.
 
+mod assertion;
 mod authorization_code;
 mod client_credentials;
 mod discovery;
 mod endpoint;
 mod http;
+mod jws;
 mod params;
 mod refresh_token;
 pub(crate) mod response;
+mod signer;
 
+pub use assertion::{ClientAssertion, PrivateKeyJwt};
 pub use authorization_code::{AuthorizationCode, AuthorizationError, PendingAuthorization};
 pub use client_credentials::ClientCredentials;
 pub use discovery::ServerMetadata;
@@ -32,14 +39,19 @@ pub use endpoint::ClientAuth;
 pub use http::{HttpClient, ResponseBody};
 pub use params::TokenParams;
 pub use refresh_token::RefreshTokenGrant;
+#[cfg(feature = "jwt-signing")]
+pub use signer::{Es256Key, Rs256Key};
+pub use signer::{JwsSigner, SigningKeyError};
 
 /// The settings every grant shares, as consuming setters on the grant's `endpoint` field.
 macro_rules! endpoint_setters {
     () => {
-        /// How the client authenticates when it has a secret (default
-        /// [`ClientAuth::Basic`](crate::oauth::ClientAuth::Basic)).
-        pub fn client_auth(mut self, auth: $crate::oauth::ClientAuth) -> Self {
-            self.endpoint.auth = auth;
+        /// How the client authenticates: with its secret (default
+        /// [`ClientAuth::Basic`](crate::oauth::ClientAuth::Basic)), or with a signed or given
+        /// assertion ([`ClientAuth::PrivateKeyJwt`](crate::oauth::ClientAuth::PrivateKeyJwt),
+        /// [`ClientAuth::ClientAssertion`](crate::oauth::ClientAuth::ClientAssertion)).
+        pub fn client_auth(mut self, auth: impl Into<$crate::oauth::ClientAuth>) -> Self {
+            self.endpoint.auth = auth.into();
             self
         }
 

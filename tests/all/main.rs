@@ -4,6 +4,8 @@
 mod alloc;
 #[cfg(feature = "reqwest")]
 mod api_server;
+#[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
+mod client_assertion;
 #[cfg(feature = "reqwest")]
 mod faults;
 // The grant tests use reqwest, the grants' default HTTP client.
@@ -13,6 +15,8 @@ mod grants;
 mod hostile;
 #[cfg(feature = "reqwest")]
 mod interop;
+#[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
+mod interop_private_key_jwt;
 mod keyed;
 #[cfg(feature = "reqwest")]
 mod keyed_http;

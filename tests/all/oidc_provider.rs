@@ -37,6 +37,38 @@ pub const APP_SECRET: &str = "app s3cr:t+/%&=~ 0123456789abcdef";
 /// Nothing listens there: [`authorize_headless`] stops before following it.
 pub const APP_REDIRECT_URI: &str = "http://127.0.0.1/callback";
 
+// The private_key_jwt clients (clients.json `pkjwt_es256`, `pkjwt_rs256`): client credentials,
+// authorization code (PKCE S256 required) and refresh token, with `token_endpoint_auth_method`
+// `private_key_jwt` pinned to one algorithm. The server registers the public halves of the
+// test-only keys in tests/interop/oidc-provider/keys/; the tests sign with the private halves.
+
+/// ES256 (P-256) `private_key_jwt` client.
+pub const PKJWT_ES256_ID: &str = "pkjwt-es256";
+/// The `kid` [`PKJWT_ES256_ID`]'s key is registered under.
+pub const PKJWT_ES256_KID: &str = "es256-test-key";
+/// RS256 (RSA 2048) `private_key_jwt` client.
+pub const PKJWT_RS256_ID: &str = "pkjwt-rs256";
+/// The `kid` [`PKJWT_RS256_ID`]'s key is registered under.
+pub const PKJWT_RS256_KID: &str = "rs256-test-key";
+
+/// The test-only private key of [`PKJWT_ES256_ID`], with its `kid`.
+#[cfg(feature = "jwt-signing")]
+pub fn pkjwt_es256_key() -> oauth_refresh::oauth::Es256Key {
+    let pem = std::fs::read_to_string(server_dir().join("keys/es256.pem")).expect("keys/es256.pem");
+    oauth_refresh::oauth::Es256Key::from_pkcs8_pem(&pem)
+        .expect("a PKCS #8 P-256 key")
+        .with_key_id(PKJWT_ES256_KID)
+}
+
+/// The test-only private key of [`PKJWT_RS256_ID`], with its `kid`.
+#[cfg(feature = "jwt-signing")]
+pub fn pkjwt_rs256_key() -> oauth_refresh::oauth::Rs256Key {
+    let pem = std::fs::read_to_string(server_dir().join("keys/rs256.pem")).expect("keys/rs256.pem");
+    oauth_refresh::oauth::Rs256Key::from_pkcs8_pem(&pem)
+        .expect("a PKCS #8 RSA key")
+        .with_key_id(PKJWT_RS256_KID)
+}
+
 /// Scopes every client may ask for (besides `openid` and `offline_access` for [`APP_ID`]).
 pub const API_SCOPES: &str = "api:read api:write";
 /// Access token lifetime of [`OidcProvider::start`], in seconds (`expires_in` says the same).
@@ -61,6 +93,13 @@ pub struct Stats {
     pub client_secret_basic: u64,
     /// Token requests with `client_secret` in the body.
     pub client_secret_post: u64,
+    /// Token requests with a `client_assertion` of type jwt-bearer.
+    pub private_key_jwt: u64,
+    /// Client assertions that verified and named the issuer identifier as their `aud` (the
+    /// others named the token endpoint URL; an `aud` other than one string is refused).
+    pub private_key_jwt_aud_issuer: u64,
+    /// Client assertions refused because their `jti` had been used before.
+    pub client_assertion_replayed: u64,
 }
 
 /// A running oidc-provider on `issuer` (`http://127.0.0.1:<port>`), with its own state.
@@ -244,6 +283,9 @@ impl OidcProvider {
             invalid_grant: count("invalid_grant"),
             client_secret_basic: count("client_secret_basic"),
             client_secret_post: count("client_secret_post"),
+            private_key_jwt: count("private_key_jwt"),
+            private_key_jwt_aud_issuer: count("private_key_jwt_aud_issuer"),
+            client_assertion_replayed: count("client_assertion_replayed"),
         }
     }
 
@@ -276,6 +318,29 @@ impl OidcProvider {
         url.query_pairs_mut().append_pair("token", access_token);
         let answer = self.get_json(url.as_str()).await;
         answer["sub"].as_str().map(str::to_owned)
+    }
+
+    /// Posts `form` (already form-urlencoded) to the token endpoint as it is, with no client
+    /// authentication of its own, and returns the status and the JSON answer: for replaying
+    /// a request a client sent.
+    pub async fn raw_token_request(&self, form: &[u8]) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(self.token_url())
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(form.to_vec())
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("oidc-provider: raw token request failed: {err}"));
+        let status = response.status();
+        let body = response.bytes().await.expect("token answer body");
+        let json = serde_json::from_slice(&body).unwrap_or_else(|err| {
+            panic!(
+                "oidc-provider: token answer not JSON ({err}): {}",
+                String::from_utf8_lossy(&body)
+            )
+        });
+        (status, json)
     }
 
     /// The last lines the server wrote to stderr, for failure messages.
@@ -515,6 +580,38 @@ mod tests {
                     "{special:?} missing from a secret"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn private_key_jwt_constants_match_clients_json() {
+        let clients = read_json(&server_dir().join("clients.json")).expect("clients.json");
+        for (name, id, kid, alg, key) in [
+            (
+                "pkjwt_es256",
+                PKJWT_ES256_ID,
+                PKJWT_ES256_KID,
+                "ES256",
+                "keys/es256.pem",
+            ),
+            (
+                "pkjwt_rs256",
+                PKJWT_RS256_ID,
+                PKJWT_RS256_KID,
+                "RS256",
+                "keys/rs256.pem",
+            ),
+        ] {
+            let client = &clients[name];
+            assert_eq!(client["client_id"], id);
+            assert_eq!(client["kid"], kid);
+            assert_eq!(client["alg"], alg);
+            assert_eq!(client["key"], key);
+            assert_eq!(client["redirect_uri"], APP_REDIRECT_URI);
+            assert!(
+                client.get("client_secret").is_none(),
+                "{name} has no secret"
+            );
         }
     }
 

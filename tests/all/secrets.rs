@@ -38,13 +38,22 @@ async fn refresh_service_debug_never_shows_the_token() {
     assert!(!printed.contains("at-1"), "{printed}");
 }
 
-/// Collects what a tracing subscriber writes.
+/// Collects what a tracing subscriber writes, from the threads of the tests that asked for
+/// it ([`trace_log`]) only.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    /// Whether this thread's events are kept: the other tests' would grow the log by tens of
+    /// megabytes over a run, which the memory tests (keyed, soak) would count as theirs.
+    static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        if CAPTURING.with(std::cell::Cell::get) {
+            self.0.lock().unwrap().extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -52,10 +61,12 @@ impl Write for Captured {
     }
 }
 
-/// Everything any test traces goes here. A global subscriber, because tracing caches each
-/// callsite's interest process-wide: a thread-local one races with the other tests' threads.
+/// What the calling test traces goes here: its thread, which on a current-thread runtime runs
+/// its refreshes too. A global subscriber, because tracing caches each callsite's interest
+/// process-wide: a thread-local one races with the other tests' threads.
 fn trace_log() -> &'static Captured {
     static LOG: OnceLock<Captured> = OnceLock::new();
+    CAPTURING.with(|capturing| capturing.set(true));
     LOG.get_or_init(|| {
         let captured = Captured::default();
         let writer = captured.clone();
@@ -186,4 +197,49 @@ async fn token_requests_on_the_wire_are_traced_without_secrets() {
     assert!(log.contains("invalid_grant"), "{log}");
     assert!(!log.contains("w1re"), "{log}");
     assert!(!format!("{err} {err:?}").contains("w1re"));
+}
+
+/// Client assertions: neither the signed JWT nor the key shows in logs, errors or `Debug`.
+#[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
+#[tokio::test]
+async fn client_assertions_never_show_in_logs_or_errors() {
+    use crate::token_endpoint::{Answer, TokenEndpoint};
+    use oauth_refresh::ClientCredentials;
+    use oauth_refresh::oauth::{ClientAuth, Es256Key, PrivateKeyJwt};
+    use serde_json::json;
+
+    let log = trace_log();
+    let server = TokenEndpoint::start().await;
+    server.push(Answer::json(
+        200,
+        json!({"access_token": "at-assert", "expires_in": 60}),
+    ));
+    server.push(Answer::json(
+        401,
+        json!({"error": "invalid_client", "error_description": "assertion refused"}),
+    ));
+    let grant = ClientCredentials::with_client_auth(
+        server.url(),
+        "svc-asserting",
+        ClientAuth::PrivateKeyJwt(PrivateKeyJwt::new(Es256Key::generate().unwrap())),
+    );
+    let layer = RefreshLayer::new(grant);
+    layer.refresh().await.unwrap();
+    let err = layer.refresh().await.unwrap_err();
+    assert!(err.to_string().contains("invalid_client"), "{err}");
+
+    let assertions: Vec<String> = server
+        .requests()
+        .iter()
+        .map(|r| r.param("client_assertion").expect("an assertion"))
+        .collect();
+    assert_eq!(assertions.len(), 2);
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let printed = format!("{err} {err:?} {layer:?} {log}");
+    for assertion in &assertions {
+        // Each part alone: header, claims and signature.
+        for part in assertion.split('.') {
+            assert!(!printed.contains(part), "{part} in {printed}");
+        }
+    }
 }

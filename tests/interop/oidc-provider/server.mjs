@@ -11,11 +11,11 @@
 // Standard output carries exactly one line, once listening: {"issuer":"http://127.0.0.1:<port>"}.
 // Everything else goes to standard error.
 
-import { generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 // Keep stdout for the ready line alone.
 console.log = console.error;
@@ -44,6 +44,26 @@ const ACCOUNT_ID = 'alice';
 // space and an unencoded `%` fails to decode.
 const CLIENTS = JSON.parse(readFileSync(new URL('./clients.json', import.meta.url), 'utf8'));
 const API_SCOPES = 'api:read api:write';
+
+// private_key_jwt clients (RFC 7523 §2.2): each registers the public half of a test key
+// checked in under keys/ (test-only keys; the Rust harness signs with the private halves),
+// pinned to one algorithm, for client credentials, the code flow and refresh.
+const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+function privateKeyJwtClient({ client_id, alg, kid, key, redirect_uri }) {
+  const pem = readFileSync(new URL(`./${key}`, import.meta.url), 'utf8');
+  const jwk = { ...createPublicKey(pem).export({ format: 'jwk' }), kid, alg, use: 'sig' };
+  return {
+    client_id,
+    application_type: 'native',
+    grant_types: ['client_credentials', 'authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: [redirect_uri],
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: alg,
+    jwks: { keys: [jwk] },
+    scope: `openid offline_access ${API_SCOPES}`,
+  };
+}
 
 // ---------------------------------------------------------------------------------------------
 // A Map-based adapter, so that /__test/revoke_all can enumerate and destroy what is held.
@@ -140,6 +160,12 @@ const stats = {
   invalid_grant: 0,
   client_secret_basic: 0,
   client_secret_post: 0,
+  // Token requests with a client_assertion of type jwt-bearer, whatever their outcome.
+  private_key_jwt: 0,
+  // Of those, the ones whose aud was the issuer identifier (else the token endpoint URL).
+  private_key_jwt_aud_issuer: 0,
+  // Assertions refused because their jti had been used (oidc-provider's replay detection).
+  client_assertion_replayed: 0,
 };
 const presentedRefreshTokens = new Set();
 
@@ -203,6 +229,8 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
       scope: `openid offline_access ${API_SCOPES}`,
     },
+    privateKeyJwtClient(CLIENTS.pkjwt_es256),
+    privateKeyJwtClient(CLIENTS.pkjwt_rs256),
   ],
   // Every client signs ID tokens with the one (EC) key there is.
   clientDefaults: { id_token_signed_response_alg: 'ES256' },
@@ -237,6 +265,14 @@ const provider = new Provider(issuer, {
       return { sub };
     },
   }),
+  // Runs on every client assertion that verified, before its jti is checked for replay:
+  // this server holds assertions to RFC 7523bis (aud one string) and counts their audience.
+  assertJwtClientAuthClaimsAndHeader: async (ctx, claims) => {
+    if (typeof claims.aud !== 'string') {
+      throw new errors.InvalidClientAuth('aud must be a single string');
+    }
+    if (claims.aud === ctx.oidc.issuer) stats.private_key_jwt_aud_issuer += 1;
+  },
   renderError: async (ctx, out) => {
     ctx.type = 'json';
     ctx.body = out;
@@ -244,6 +280,11 @@ const provider = new Provider(issuer, {
 });
 
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
+provider.on('grant.error', (ctx, err) => {
+  if (err.error_detail === 'client assertion tokens must only be used once') {
+    stats.client_assertion_replayed += 1;
+  }
+});
 
 // Test-only endpoints and the token request counters, in front of the provider's routes.
 provider.use(async (ctx, next) => {
@@ -301,6 +342,7 @@ provider.use(async (ctx, next) => {
     let method;
     if (ctx.get('authorization')) method = 'client_secret_basic';
     else if (body.client_secret !== undefined) method = 'client_secret_post';
+    else if (first(body.client_assertion_type) === JWT_BEARER) method = 'private_key_jwt';
     if (method) stats[method] += 1;
     if (ctx.body?.error === 'invalid_grant') stats.invalid_grant += 1;
 
