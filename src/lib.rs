@@ -438,6 +438,7 @@ pub use extension::{NoRetry, RetryStatus, SkipAuth};
 pub use future::ResponseFuture;
 pub use layer::{RefreshLayer, RefreshLayerBuilder};
 pub use oauth::{ClientCredentials, RefreshTokenGrant};
+pub use oauth::{JwtBearer, TokenExchange};
 pub use persist::TokenUpdate;
 pub use service::Refresh;
 pub use source::{BoxFuture, SourceFn, TokenRequest, TokenSource, source_fn};

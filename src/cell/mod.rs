@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::error::{RefreshError, RefreshErrorKind};
 use crate::persist::TokenUpdate;
 use crate::source::TokenSource;
-use crate::token::RefreshToken;
+use crate::token::{AccessToken, RefreshToken};
 
 pub(crate) use authorization::{Authorization, Copies};
 use flight::{Flight, Launch, Work};
@@ -38,6 +38,8 @@ pub(crate) struct Token {
     pub(crate) generation: u64,
     /// `Bearer <token>`, marked sensitive.
     pub(crate) header: Authorization,
+    /// The token itself, for code that sends it otherwise: a token exchange's subject token.
+    pub(crate) access_token: AccessToken,
     pub(crate) expires_at: Option<Instant>,
     /// Where the refresh-ahead window starts.
     pub(crate) refresh_at: Option<Instant>,
@@ -519,6 +521,45 @@ impl TokenCell {
         plan.go().await.map(drop)
     }
 
+    /// The current access token and its generation, as a request would get it: a FRESH or
+    /// STALE token at once (a STALE one starts the background refresh), else the outcome of
+    /// the one shared refresh, cooldowns and a refused grant respected.
+    pub(crate) async fn access_token(self: &Arc<Self>) -> Result<(AccessToken, u64), RefreshError> {
+        let token = match self.usable_token() {
+            Some(token) => token,
+            None => self.clone().acquire().await?,
+        };
+        Ok((token.access_token, token.generation))
+    }
+
+    /// After code outside the request path saw the token of `generation` refused (a token
+    /// exchange's `invalid_grant`): a newer token, the one of the shared refresh this starts,
+    /// or `None` while refreshes for rejections are spaced out, as for a rejected request.
+    pub(crate) async fn access_token_after_rejection(
+        self: &Arc<Self>,
+        generation: u64,
+    ) -> Option<Result<(AccessToken, u64), RefreshError>> {
+        let outcome = self.after_rejection(generation)?.await;
+        Some(outcome.map(|token| (token.access_token, token.generation)))
+    }
+
+    /// [`usable`](Self::usable), for the whole token.
+    fn usable_token(self: &Arc<Self>) -> Option<Token> {
+        let snapshot = self.snapshot.load();
+        let token = snapshot.token.as_ref()?;
+        let now = Instant::now();
+        match token.phase(now) {
+            Phase::Fresh => {}
+            Phase::Stale => {
+                if snapshot.background.may_start(now) {
+                    self.refresh_in_background();
+                }
+            }
+            Phase::Expired => return None,
+        }
+        Some(token.clone())
+    }
+
     /// Marks the current token rejected: the next request waits for a refresh.
     pub(crate) fn invalidate(&self) {
         let _slot = self.lock_slot();
@@ -623,6 +664,7 @@ mod tests {
         let token = Token {
             generation: 3,
             header: Authorization::new(HeaderValue::from_static("Bearer s3cr3t-access")),
+            access_token: AccessToken::new("s3cr3t-access"),
             expires_at: None,
             refresh_at: None,
             rejected: false,
@@ -638,6 +680,7 @@ mod tests {
         let token = Token {
             generation: 1,
             header: Authorization::new(HeaderValue::from_static("Bearer x")),
+            access_token: AccessToken::new("x"),
             expires_at: Some(now + Duration::from_secs(10)),
             refresh_at: Some(now + Duration::from_secs(5)),
             rejected: false,

@@ -5,6 +5,10 @@
 //!   token that the server may rotate; a persistence hook stores each new one.
 //! - [`AuthorizationCode`]: the first tokens, through a browser sign-in with PKCE.
 //! - [`ServerMetadata::discover`]: the endpoints, from the issuer's URL.
+//! - [`TokenExchange`]: a token for another audience, in exchange for another token (RFC 8693),
+//!   such as another layer's: see [`SecurityToken`].
+//! - [`JwtBearer`]: a token for a signed JWT [`Assertion`] (RFC 7523 §2.1), such as a
+//!   workload's identity token.
 //!
 //! Each grant posts a form to the token endpoint with its own HTTP client (never through a
 //! [`RefreshLayer`](crate::RefreshLayer)), reads at most 256 KiB of the answer, and
@@ -24,14 +28,21 @@ mod http;
 mod params;
 mod refresh_token;
 pub(crate) mod response;
+// Token exchange (RFC 8693) and the JWT-bearer grant (RFC 7523 §2.1), with the credentials
+// they present.
+mod jwt_bearer;
+mod supply;
+mod token_exchange;
 
 pub use authorization_code::{AuthorizationCode, AuthorizationError, PendingAuthorization};
 pub use client_credentials::ClientCredentials;
 pub use discovery::ServerMetadata;
 pub use endpoint::ClientAuth;
 pub use http::{HttpClient, ResponseBody};
+pub use jwt_bearer::{Assertion, JwtBearer};
 pub use params::TokenParams;
 pub use refresh_token::RefreshTokenGrant;
+pub use token_exchange::{SecurityToken, TokenExchange, token_type};
 
 /// The settings every grant shares, as consuming setters on the grant's `endpoint` field.
 macro_rules! endpoint_setters {
