@@ -119,8 +119,8 @@ pub(crate) fn classify(error: BoxError, input: Input) -> RefreshError {
 /// A credential's source failed with `error`: the same class, saying which credential it was.
 ///
 /// A [`ReauthRequired`] stays one (the subject must sign in again) with its code and host;
-/// a [`TransientError`] keeps its kind and retry hint, and may be resent (whatever its own
-/// request was, asking the source again is safe: it guards its own token endpoint).
+/// a [`TransientError`] keeps its kind and retry hint, and is not resent within this refresh:
+/// the source has resent what it could itself, and the cell's cooldown asks it again later.
 pub(crate) fn unavailable(error: RefreshError, input: Input) -> RefreshError {
     match error {
         RefreshError::Reauth(reauth) => {
@@ -138,7 +138,7 @@ pub(crate) fn unavailable(error: RefreshError, input: Input) -> RefreshError {
             error.into()
         }
         RefreshError::Transient(transient) => {
-            let mut error = TransientError::new(transient.kind()).with_resend_safe(true);
+            let mut error = TransientError::new(transient.kind()).with_resend_safe(false);
             if let Some(retry_after) = transient.retry_after() {
                 error = error.with_retry_after(retry_after);
             }
@@ -217,15 +217,15 @@ mod tests {
         );
 
         let transient = Supply::from_fn(|| async {
-            Err::<String, _>(RefreshError::from(
-                TransientError::new(TransientKind::Network).with_resend_safe(false),
-            ))
+            Err::<String, _>(RefreshError::from(TransientError::new(
+                TransientKind::Network,
+            )))
         });
         let RefreshError::Transient(err) = transient.obtain(SUBJECT).await.unwrap_err() else {
             panic!()
         };
         assert_eq!(err.kind(), TransientKind::Network);
-        assert!(err.is_resend_safe());
+        assert!(!err.is_resend_safe(), "the source resent what it could");
         assert_eq!(
             err.source().unwrap().to_string(),
             "the subject token could not be obtained"

@@ -5,6 +5,8 @@ mod alloc;
 #[cfg(feature = "reqwest")]
 mod api_server;
 #[cfg(feature = "reqwest")]
+mod exchange;
+#[cfg(feature = "reqwest")]
 mod faults;
 // The grant tests use reqwest, the grants' default HTTP client.
 #[cfg(feature = "reqwest")]
