@@ -15,6 +15,8 @@ mod grants;
 mod hostile;
 #[cfg(feature = "reqwest")]
 mod interop;
+#[cfg(feature = "reqwest")]
+mod interop_exchange;
 mod keyed;
 #[cfg(feature = "reqwest")]
 mod keyed_http;
