@@ -124,6 +124,46 @@ impl fmt::Debug for Assertion {
 /// let layer = RefreshLayer::new(grant);
 /// # drop(layer);
 /// ```
+///
+/// Each token request presents a new assertion:
+///
+/// ```
+/// # use bytes::Bytes;
+/// # use http_body_util::{BodyExt, Full};
+/// # use oauth_refresh::{BoxFuture, TransientError, oauth::{HttpClient, ResponseBody}};
+/// # struct Login;
+/// # impl HttpClient for Login {
+/// #     fn send(&self, request: http::Request<Bytes>) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
+/// #         let form: std::collections::HashMap<String, String> =
+/// #             url::form_urlencoded::parse(request.body()).into_owned().collect();
+/// #         assert_eq!(form["grant_type"], "urn:ietf:params:oauth:grant-type:jwt-bearer");
+/// #         let body = format!(r#"{{"access_token":"at-for-{}","token_type":"Bearer","expires_in":300}}"#, form["assertion"]);
+/// #         let body = Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
+/// #         Box::pin(async move { Ok(http::Response::new(body)) })
+/// #     }
+/// # }
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use oauth_refresh::RefreshLayer;
+/// use oauth_refresh::oauth::{Assertion, JwtBearer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), oauth_refresh::RefreshError> {
+/// static SIGNED: AtomicU32 = AtomicU32::new(0);
+/// // Stands for a call that signs a JWT with a fresh `jti` (a KMS, a cloud SDK).
+/// let assertion = Assertion::from_fn(|| async {
+///     let n = SIGNED.fetch_add(1, Ordering::SeqCst) + 1;
+///     Ok::<_, std::io::Error>(format!("jwt-{n}"))
+/// });
+/// let layer = RefreshLayer::new(
+///     JwtBearer::new("https://login.example.com/token", "billing-job", assertion)
+/// #       .http_client(Login)
+/// );
+/// layer.refresh().await?;
+/// layer.refresh().await?;
+/// assert_eq!(layer.access_token().await?.secret(), "at-for-jwt-2");
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct JwtBearer {
     endpoint: Endpoint,

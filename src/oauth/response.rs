@@ -86,6 +86,26 @@ fn read(
             .with_source(reason)
             .into());
     };
+    // An exchange may issue a token the server says is not an access token (`N_A`): whether
+    // it is taken is decided below, with its `issued_token_type`.
+    let exchanged = matches!(expect, Expect::Exchanged { .. });
+    if let Some(token_type) = fields.get("token_type").and_then(Value::as_str)
+        && !token_type.eq_ignore_ascii_case("bearer")
+        && !(exchanged && token_type == NOT_APPLICABLE)
+    {
+        let reason = format!(
+            "a token of type {:?} was issued, not Bearer",
+            printable(token_type, 40)
+        );
+        return Err(transient(
+            TransientKind::InvalidResponse,
+            headers,
+            rules,
+            refresh_token,
+        )
+        .with_source(reason)
+        .into());
+    }
     let issued = match expect {
         Expect::Bearer => None,
         Expect::Exchanged {
@@ -108,25 +128,6 @@ fn read(
             }
         },
     };
-    let token_type = fields.get("token_type").and_then(Value::as_str);
-    let not_an_access_token = token_type.is_some_and(|t| t == NOT_APPLICABLE);
-    if let Some(token_type) = token_type
-        && !token_type.eq_ignore_ascii_case("bearer")
-        && !(not_an_access_token && issued.is_some())
-    {
-        let reason = format!(
-            "a token of type {:?} was issued, not Bearer",
-            printable(token_type, 40)
-        );
-        return Err(transient(
-            TransientKind::InvalidResponse,
-            headers,
-            rules,
-            refresh_token,
-        )
-        .with_source(reason)
-        .into());
-    }
     let expires_in = match fields.get("expires_in") {
         None | Some(Value::Null) => None,
         Some(value) => {
@@ -413,6 +414,9 @@ fn printable(value: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod properties;
+
+#[cfg(test)]
+mod exchange_properties;
 
 #[cfg(test)]
 mod tests {

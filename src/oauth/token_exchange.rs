@@ -250,6 +250,53 @@ impl fmt::Debug for SecurityToken {
 /// let orders = RefreshLayer::new(exchange);
 /// # drop(orders);
 /// ```
+///
+/// Every exchange presents the subject layer's current token:
+///
+/// ```
+/// # use bytes::Bytes;
+/// # use http_body_util::{BodyExt, Full};
+/// # use oauth_refresh::{BoxFuture, TransientError, oauth::{HttpClient, ResponseBody}};
+/// # /// One token endpoint for both grants, answering from the form.
+/// # struct Login;
+/// # impl HttpClient for Login {
+/// #     fn send(&self, request: http::Request<Bytes>) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
+/// #         let form: std::collections::HashMap<String, String> =
+/// #             url::form_urlencoded::parse(request.body()).into_owned().collect();
+/// #         let body = match form["grant_type"].as_str() {
+/// #             "client_credentials" => r#"{"access_token":"service-at","token_type":"Bearer","expires_in":3600}"#.to_owned(),
+/// #             _ => {
+/// #                 assert_eq!(form["subject_token"], "service-at");
+/// #                 assert_eq!(form["audience"], "https://orders.example.com");
+/// #                 r#"{"access_token":"orders-at","token_type":"Bearer","expires_in":300,
+/// #                     "issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#.to_owned()
+/// #             }
+/// #         };
+/// #         let body = Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
+/// #         Box::pin(async move { Ok(http::Response::new(body)) })
+/// #     }
+/// # }
+/// use oauth_refresh::oauth::{SecurityToken, TokenExchange};
+/// use oauth_refresh::{ClientCredentials, RefreshLayer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), oauth_refresh::RefreshError> {
+/// let token_url = "https://login.example.com/token";
+/// let service = RefreshLayer::new(
+///     ClientCredentials::new(token_url, "svc", "s3cr3t")
+/// #       .http_client(Login)
+/// );
+/// let orders = RefreshLayer::new(
+///     TokenExchange::new(token_url, "gateway", SecurityToken::from_layer(&service))
+///         .audience("https://orders.example.com")
+/// #       .http_client(Login)
+/// );
+/// // The first exchange makes the service layer fetch its own token first.
+/// assert_eq!(orders.access_token().await?.secret(), "orders-at");
+/// assert_eq!((service.stats().refreshes, orders.stats().refreshes), (1, 1));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct TokenExchange {
     endpoint: Endpoint,
