@@ -274,6 +274,27 @@ impl fmt::Debug for JwtBearer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth::token_exchange::tests::{Canned, request};
+
+    #[tokio::test]
+    async fn a_refresh_token_in_the_answer_is_dropped() {
+        let grant = JwtBearer::new(
+            "https://login.example.com/token",
+            "job",
+            Assertion::from_fn(|| async { Ok::<_, std::io::Error>("jwt".to_owned()) }),
+        )
+        .http_client(Canned(
+            r#"{"access_token":"at","token_type":"Bearer","refresh_token":"rt"}"#,
+        ));
+        let set = grant.fetch(request()).await.unwrap();
+        assert_eq!(set.access_token.secret(), "at");
+        assert!(set.refresh_token.is_none());
+        let grant = grant.http_client(Canned(r#"{"token_type":"Bearer","refresh_token":"rt"}"#));
+        let RefreshError::Transient(err) = grant.fetch(request()).await.unwrap_err() else {
+            panic!()
+        };
+        assert!(err.received_refresh_token().is_none());
+    }
 
     #[test]
     fn debug_shows_no_assertion_or_secret() {

@@ -515,8 +515,61 @@ impl fmt::Debug for TokenExchange {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    use crate::error::TransientError;
+    use crate::oauth::{HttpClient, ResponseBody};
+
+    /// Answers every token request with `body`, status 200.
+    pub(in crate::oauth) struct Canned(pub(in crate::oauth) &'static str);
+
+    impl HttpClient for Canned {
+        fn send(
+            &self,
+            _request: http::Request<Bytes>,
+        ) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
+            let body = Full::new(Bytes::from_static(self.0.as_bytes()))
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            Box::pin(async move { Ok(http::Response::new(body)) })
+        }
+    }
+
+    pub(in crate::oauth) fn request() -> TokenRequest {
+        TokenRequest {
+            refresh_token: None,
+            attempt: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_in_the_answer_is_dropped() {
+        let exchange = TokenExchange::new(
+            "https://login.example.com/token",
+            "gateway",
+            SecurityToken::from_fn(token_type::JWT, || async {
+                Ok::<_, std::io::Error>("st".to_owned())
+            }),
+        )
+        .http_client(Canned(
+            r#"{"access_token":"at","token_type":"Bearer","refresh_token":"rt",
+                "issued_token_type":"urn:ietf:params:oauth:token-type:access_token"}"#,
+        ));
+        let set = exchange.fetch(request()).await.unwrap();
+        assert_eq!(set.access_token.secret(), "at");
+        assert!(set.refresh_token.is_none());
+        // Nor kept by a failed answer's error, which the cell would keep.
+        let exchange = exchange.http_client(Canned(
+            r#"{"access_token":"at","token_type":"Bearer","refresh_token":"rt"}"#,
+        ));
+        let RefreshError::Transient(err) = exchange.fetch(request()).await.unwrap_err() else {
+            panic!()
+        };
+        assert!(err.received_refresh_token().is_none());
+    }
 
     #[test]
     fn debug_shows_no_token_or_secret() {

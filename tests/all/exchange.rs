@@ -145,7 +145,7 @@ async fn each_exchange_presents_the_subjects_current_token() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_exchange_is_run_again_at_expiry_and_a_refresh_token_it_brings_is_dropped() {
+async fn an_exchange_is_run_again_at_expiry_never_with_the_refresh_token_it_brought() {
     let sts = TokenEndpoint::start().await;
     let with_refresh_token = |access_token: &str| {
         Answer::json(
