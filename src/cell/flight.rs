@@ -285,7 +285,6 @@ impl TokenCell {
         Ok(Token {
             generation: slot.last_generation,
             header,
-            access_token: set.access_token.clone(),
             expires_at: lifetime.map(|lifetime| after(sent_at, lifetime)),
             refresh_at: lifetime
                 .map(|lifetime| self.schedule.refresh_at(sent_at, lifetime, fastrand::f64())),

@@ -38,8 +38,6 @@ pub(crate) struct Token {
     pub(crate) generation: u64,
     /// `Bearer <token>`, marked sensitive.
     pub(crate) header: Authorization,
-    /// The token itself, for code that sends it otherwise: a token exchange's subject token.
-    pub(crate) access_token: AccessToken,
     pub(crate) expires_at: Option<Instant>,
     /// Where the refresh-ahead window starts.
     pub(crate) refresh_at: Option<Instant>,
@@ -71,6 +69,19 @@ pub(crate) enum Phase {
 }
 
 impl Token {
+    /// The token itself, read back from its header: for code that sends it otherwise (a
+    /// token exchange's subject token), off the request path. Not kept beside the header,
+    /// which would cost every cell of a keyed layer a second copy of its token.
+    pub(crate) fn access_token(&self) -> AccessToken {
+        let header = self.header.get();
+        // Built from `Bearer <token>`, a `String`: UTF-8, and the scheme ends at the space.
+        let value = String::from_utf8_lossy(header.as_bytes());
+        let token = value
+            .split_once(' ')
+            .map_or(&*value, |(_scheme, token)| token);
+        AccessToken::new(token)
+    }
+
     #[inline]
     pub(crate) fn phase(&self, now: Instant) -> Phase {
         if self.rejected || self.expires_at.is_some_and(|at| now >= at) {
@@ -529,7 +540,7 @@ impl TokenCell {
             Some(token) => token,
             None => self.clone().acquire().await?,
         };
-        Ok((token.access_token, token.generation))
+        Ok((token.access_token(), token.generation))
     }
 
     /// After code outside the request path saw the token of `generation` refused (a token
@@ -540,7 +551,7 @@ impl TokenCell {
         generation: u64,
     ) -> Option<Result<(AccessToken, u64), RefreshError>> {
         let outcome = self.after_rejection(generation)?.await;
-        Some(outcome.map(|token| (token.access_token, token.generation)))
+        Some(outcome.map(|token| (token.access_token(), token.generation)))
     }
 
     /// [`usable`](Self::usable), for the whole token.
@@ -664,7 +675,6 @@ mod tests {
         let token = Token {
             generation: 3,
             header: Authorization::new(HeaderValue::from_static("Bearer s3cr3t-access")),
-            access_token: AccessToken::new("s3cr3t-access"),
             expires_at: None,
             refresh_at: None,
             rejected: false,
@@ -675,12 +685,28 @@ mod tests {
     }
 
     #[test]
+    fn the_access_token_is_read_back_from_its_header() {
+        let token = Token {
+            generation: 1,
+            header: Authorization::new(HeaderValue::from_static("Bearer a.b-c~d+e/f=")),
+            expires_at: None,
+            refresh_at: None,
+            rejected: false,
+        };
+        assert_eq!(token.access_token().secret(), "a.b-c~d+e/f=");
+        let one = Token {
+            header: Authorization::with_copies(HeaderValue::from_static("Bearer x y"), Copies::One),
+            ..token
+        };
+        assert_eq!(one.access_token().secret(), "x y");
+    }
+
+    #[test]
     fn phase_follows_the_clock() {
         let now = Instant::now();
         let token = Token {
             generation: 1,
             header: Authorization::new(HeaderValue::from_static("Bearer x")),
-            access_token: AccessToken::new("x"),
             expires_at: Some(now + Duration::from_secs(10)),
             refresh_at: Some(now + Duration::from_secs(5)),
             rejected: false,
