@@ -4,8 +4,9 @@
 //!
 //! - `POST /token`, the token endpoint ([`token_endpoint`]): `client_credentials`
 //!   (`client_secret_basic` or `client_secret_post`), `refresh_token` with rotation (each
-//!   refresh token is redeemed once) and `authorization_code` with PKCE S256, answered as
-//!   RFC 6749 §5.1 and §5.2 say;
+//!   refresh token is redeemed once), `authorization_code` with PKCE S256, and token exchange
+//!   (RFC 8693) of a live access token for another audience, answered as RFC 6749 §5.1 and
+//!   §5.2 say;
 //! - `GET /authorize`: approves at once, as if the user had signed in and consented, and
 //!   redirects to the app's redirect URI with `code` and `state`;
 //! - `/api/...`, the protected API (any method): `200` for a live access token issued here,
@@ -19,6 +20,8 @@
 #![allow(dead_code)] // each example uses part of it
 
 mod token_endpoint;
+
+pub use token_endpoint::TOKEN_EXCHANGE;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
