@@ -21,8 +21,6 @@
 
 mod token_endpoint;
 
-pub use token_endpoint::TOKEN_EXCHANGE;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -50,6 +48,9 @@ pub const APP_CLIENT_ID: &str = "native-app";
 /// Where the app asks to be sent back after the sign-in. The examples read the redirect
 /// instead of following it, so nothing needs to listen there.
 pub const APP_REDIRECT_URI: &str = "http://127.0.0.1:8765/callback";
+/// RFC 8693's grant type: the token endpoint exchanges a live access token issued here for
+/// one of the same subject, for another audience.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// How long the token endpoint takes to answer.
 pub const TOKEN_ENDPOINT_LATENCY: Duration = Duration::from_millis(150);
 

@@ -13,11 +13,10 @@ use sha2::{Digest, Sha256};
 
 use super::{
     APP_CLIENT_ID, IssuedAccessToken, IssuedRefreshToken, RefreshTokenStatus, SERVICE_CLIENT_ID,
-    SERVICE_CLIENT_SECRET, State, form, random_token,
+    SERVICE_CLIENT_SECRET, State, TOKEN_EXCHANGE, form, random_token,
 };
 
-/// RFC 8693's grant type and token type URIs.
-pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// RFC 8693's URI for an access token.
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// A client registered with the server.
