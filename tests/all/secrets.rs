@@ -40,7 +40,7 @@ async fn refresh_service_debug_never_shows_the_token() {
 
 /// Collects what a tracing subscriber writes.
 #[derive(Clone, Default)]
-pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
+struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -54,7 +54,7 @@ impl Write for Captured {
 
 /// Everything any test traces goes here. A global subscriber, because tracing caches each
 /// callsite's interest process-wide: a thread-local one races with the other tests' threads.
-pub(crate) fn trace_log() -> &'static Captured {
+fn trace_log() -> &'static Captured {
     static LOG: OnceLock<Captured> = OnceLock::new();
     LOG.get_or_init(|| {
         let captured = Captured::default();
