@@ -354,32 +354,11 @@ async fn a_non_access_token_is_not_sent_unless_accepted() {
     assert_eq!(call(&lenient).await.unwrap(), "hello id-tok");
 }
 
-/// Collects what a tracing subscriber writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// On a current-thread runtime, so that the refreshes it spawns run on this thread and log to
-/// this test's own subscriber, not to a global one that every later test would fill.
+/// On a current-thread runtime, so that the refreshes it spawns run on this thread, whose
+/// events the log keeps.
 #[tokio::test(flavor = "current_thread")]
 async fn presented_tokens_never_show_in_errors_debug_or_logs() {
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _scoped = tracing::subscriber::set_default(subscriber);
+    let log = crate::secrets::trace_log();
     let idp = TokenEndpoint::start().await;
     idp.push(tokens("subj-l0g-at", Some("subj-l0g-rt")));
     let sts = TokenEndpoint::start().await;

@@ -40,7 +40,7 @@ async fn refresh_service_debug_never_shows_the_token() {
 
 /// Collects what a tracing subscriber writes.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -52,16 +52,47 @@ impl Write for Captured {
     }
 }
 
-/// Everything any test traces goes here. A global subscriber, because tracing caches each
-/// callsite's interest process-wide: a thread-local one races with the other tests' threads.
-fn trace_log() -> &'static Captured {
+thread_local! {
+    /// Whether this thread's events are kept: only the threads of the tests that read the log.
+    static RECORDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Where one event goes: into the log, or, from a thread no test reads, nowhere. Kept for
+/// every thread, the log would grow by what every later test traces (the 100,000 refreshes
+/// of the keyed memory test among them) and break their memory bounds.
+enum Sink {
+    Log(Captured),
+    Discard,
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Log(log) => log.write(buf),
+            Sink::Discard => Ok(buf.len()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What the calling thread traces from now on goes here (run the test on a current-thread
+/// runtime, so that the refreshes it spawns run on its thread). A global subscriber, because
+/// tracing caches each callsite's interest process-wide: a thread-local one races with the
+/// other tests' threads.
+pub(crate) fn trace_log() -> &'static Captured {
     static LOG: OnceLock<Captured> = OnceLock::new();
+    RECORDING.with(|recording| recording.set(true));
     LOG.get_or_init(|| {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || writer.clone())
+            .with_writer(move || match RECORDING.with(std::cell::Cell::get) {
+                true => Sink::Log(writer.clone()),
+                false => Sink::Discard,
+            })
             .with_ansi(false)
             .finish();
         tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
