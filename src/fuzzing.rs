@@ -15,7 +15,7 @@ use crate::classify::{
     Challenge, assert_well_formed, challenges, default_verdict, parse_challenges,
 };
 use crate::error::RefreshError;
-use crate::oauth::response::{Rules, jwt_lifetime, token_set};
+use crate::oauth::response::{Rules, exchanged_token_set, jwt_lifetime, token_set};
 use crate::token::{RefreshToken, TokenSet};
 
 type Owned = (String, Option<String>, Vec<(String, String)>);
@@ -175,6 +175,95 @@ pub fn token_response(data: &[u8]) {
             }
         }
     }
+}
+
+/// RFC 8693's URI for a refresh token, which an exchange never takes for an access token.
+const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
+
+/// Parses the bytes after the first as a token exchange's answer (RFC 8693 §2.2); the first
+/// byte picks the status, the content type, the rules and whether `N_A` is accepted. Checks,
+/// beside the plain answer's: a success names a non-empty `issued_token_type` that is not
+/// the refresh token's, and its `token_type` is Bearer, or `N_A` only when accepted; what the
+/// plain reader refuses, the exchange refuses in the same class, but for an accepted `N_A`; a
+/// refresh token in the body is in the token set or the transient error unless the answer is
+/// refused as not an access token.
+pub fn token_exchange_response(data: &[u8]) {
+    let Some((&first, body)) = data.split_first() else {
+        return;
+    };
+    let status = StatusCode::from_u16(STATUSES[usize::from(first & 7)]).unwrap();
+    let content_type = CONTENT_TYPES[usize::from((first >> 3) & 3)];
+    let mut headers = HeaderMap::new();
+    if let Some(content_type) = content_type {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    let accept = first & 0x20 != 0;
+    let rules = Rules {
+        host: Some("login.example.com"),
+        reauth_codes: &[],
+        answered_resend_safe: first & 0x80 != 0,
+    };
+    let plain = token_set(status, &headers, body, &rules);
+    let result = exchanged_token_set(status, &headers, body, &rules, accept);
+    let _ = format!("{result:?}");
+
+    let form = content_type == CONTENT_TYPES[1];
+    let (refresh_token, error) = refresh_token_in(form, body);
+    let token_type = token_type_in(form, body);
+    let n_a = token_type.as_deref() == Some("N_A");
+    match &result {
+        Ok((set, issued)) => {
+            assert!(status.is_success() && !error, "{status}: {set:?}");
+            assert!(
+                !issued.is_empty() && issued != REFRESH_TOKEN_TYPE,
+                "{issued:?}"
+            );
+            assert!(!n_a || accept, "N_A taken without being accepted");
+            assert_eq!(
+                set.refresh_token.as_ref().map(RefreshToken::secret),
+                refresh_token.as_deref()
+            );
+            match &plain {
+                Ok(plain) => assert_eq!(plain.access_token, set.access_token),
+                Err(err) => assert!(n_a, "the plain reader refused it: {err:?}"),
+            }
+        }
+        Err(err) => {
+            let _ = err.to_string();
+            if let (Err(plain), false) = (&plain, n_a) {
+                assert_eq!(plain.kind(), err.kind(), "{plain:?} / {err:?}");
+            }
+            match err {
+                RefreshError::Transient(err) => {
+                    assert_eq!(
+                        err.received_refresh_token().map(RefreshToken::secret),
+                        refresh_token.as_deref(),
+                        "a parsed refresh token was lost"
+                    );
+                    assert_eq!(err.is_resend_safe(), rules.answered_resend_safe);
+                }
+                RefreshError::Configuration(err)
+                    if err.error() == "not_an_access_token"
+                        || err.error() == "token_endpoint_redirect" => {}
+                other => assert!(error, "{other:?} from a body without an error"),
+            }
+        }
+    }
+}
+
+/// The `token_type` string a body carries, read as [`refresh_token_in`] reads.
+fn token_type_in(form: bool, body: &[u8]) -> Option<String> {
+    let fields: Map<String, Value> = match serde_json::from_slice(body) {
+        Ok(Value::Object(fields)) => fields,
+        _ if form => url::form_urlencoded::parse(body)
+            .map(|(n, v)| (n.into_owned(), Value::String(v.into_owned())))
+            .collect(),
+        _ => return None,
+    };
+    fields
+        .get("token_type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 /// The token set written as a §5.1 JSON answer reads back the same.

@@ -12,7 +12,7 @@ use crate::error::RefreshError;
 use crate::service::Refresh;
 use crate::shared::{Classifier, Options, Shared};
 use crate::source::TokenSource;
-use crate::token::TokenSet;
+use crate::token::{AccessToken, TokenSet};
 
 /// Keeps an OAuth 2.0 access token fresh for the requests of the services it wraps.
 ///
@@ -167,6 +167,35 @@ impl RefreshLayer {
     /// [`ConfigurationError`](crate::ConfigurationError): the refresh runs as a tokio task.
     pub async fn refresh(&self) -> Result<(), RefreshError> {
         self.shared.cell.refresh_now().await
+    }
+
+    /// The current access token, as a request through this layer would get it: at once while
+    /// it is valid (inside the refresh-ahead window, a background refresh starts), else once
+    /// the one shared refresh ends. Cooldowns after failures and a refused grant hold as
+    /// they do for requests: no call here drives the token endpoint harder than requests do.
+    ///
+    /// For code that sends the token by other means than a request through the layer, such
+    /// as a [`TokenExchange`](crate::oauth::TokenExchange) presenting it as its subject token
+    /// (see [`SecurityToken::from_layer`](crate::oauth::SecurityToken::from_layer)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use oauth_refresh::{AccessToken, RefreshLayer, TokenSet, source_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), oauth_refresh::RefreshError> {
+    /// let layer = RefreshLayer::new(source_fn(|_request| async {
+    ///     Ok(TokenSet::new(AccessToken::new("at-1")).with_expires_in(Duration::from_secs(3600)))
+    /// }));
+    /// assert_eq!(layer.access_token().await?.secret(), "at-1");
+    /// assert_eq!(layer.access_token().await?.secret(), "at-1");
+    /// assert_eq!(layer.stats().refreshes, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn access_token(&self) -> Result<AccessToken, RefreshError> {
+        let (access_token, _generation) = self.shared.cell.access_token().await?;
+        Ok(access_token)
     }
 
     /// Marks the current token as rejected: the next request waits for a new one.

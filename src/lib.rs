@@ -343,6 +343,11 @@
 //! [`ClientCredentials`], [`RefreshTokenGrant`] (with rotation and a persistence hook), and
 //! [`oauth::AuthorizationCode`] with PKCE for the first tokens. See [`oauth`].
 //!
+//! Two more grants present a token they obtain afresh for each request: [`TokenExchange`]
+//! (RFC 8693) exchanges another token, such as another layer's current one, for a token to
+//! another audience; [`JwtBearer`] (RFC 7523 §2.1) presents a signed JWT assertion, such as a
+//! workload's identity token. Both are run again at expiry, like client credentials.
+//!
 //! ```
 //! use oauth_refresh::{ClientCredentials, RefreshLayer, RefreshTokenGrant, TokenUpdate};
 //!
@@ -439,6 +444,7 @@ pub use extension::{NoRetry, RetryStatus, SkipAuth};
 pub use future::ResponseFuture;
 pub use layer::{RefreshLayer, RefreshLayerBuilder};
 pub use oauth::{ClientCredentials, RefreshTokenGrant};
+pub use oauth::{JwtBearer, TokenExchange};
 pub use persist::TokenUpdate;
 pub use service::Refresh;
 pub use source::{BoxFuture, SourceFn, TokenRequest, TokenSource, source_fn};

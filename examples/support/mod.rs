@@ -4,8 +4,9 @@
 //!
 //! - `POST /token`, the token endpoint ([`token_endpoint`]): `client_credentials`
 //!   (`client_secret_basic` or `client_secret_post`), `refresh_token` with rotation (each
-//!   refresh token is redeemed once) and `authorization_code` with PKCE S256, answered as
-//!   RFC 6749 §5.1 and §5.2 say;
+//!   refresh token is redeemed once), `authorization_code` with PKCE S256, and token exchange
+//!   (RFC 8693) of a live access token for another audience, answered as RFC 6749 §5.1 and
+//!   §5.2 say;
 //! - `GET /authorize`: approves at once, as if the user had signed in and consented, and
 //!   redirects to the app's redirect URI with `code` and `state`;
 //! - `/api/...`, the protected API (any method): `200` for a live access token issued here,
@@ -47,6 +48,9 @@ pub const APP_CLIENT_ID: &str = "native-app";
 /// Where the app asks to be sent back after the sign-in. The examples read the redirect
 /// instead of following it, so nothing needs to listen there.
 pub const APP_REDIRECT_URI: &str = "http://127.0.0.1:8765/callback";
+/// RFC 8693's grant type: the token endpoint exchanges a live access token issued here for
+/// one of the same subject, for another audience.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// How long the token endpoint takes to answer.
 pub const TOKEN_ENDPOINT_LATENCY: Duration = Duration::from_millis(150);
 

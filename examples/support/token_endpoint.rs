@@ -13,8 +13,11 @@ use sha2::{Digest, Sha256};
 
 use super::{
     APP_CLIENT_ID, IssuedAccessToken, IssuedRefreshToken, RefreshTokenStatus, SERVICE_CLIENT_ID,
-    SERVICE_CLIENT_SECRET, State, form, random_token,
+    SERVICE_CLIENT_SECRET, State, TOKEN_EXCHANGE, form, random_token,
 };
+
+/// RFC 8693's URI for an access token.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// A client registered with the server.
 struct Client {
@@ -72,6 +75,12 @@ impl State {
                     self.client_credentials(client, form.get("audience").cloned())
                 }
                 "refresh_token" => self.refresh(client, param("refresh_token")),
+                TOKEN_EXCHANGE => self.exchange(
+                    client,
+                    param("subject_token"),
+                    param("subject_token_type"),
+                    form.get("audience").cloned(),
+                ),
                 "authorization_code" => self.redeem_code(
                     client,
                     param("code"),
@@ -81,7 +90,7 @@ impl State {
                 _ => Err(Refusal {
                     status: StatusCode::BAD_REQUEST,
                     error: "unsupported_grant_type",
-                    description: "this server knows client_credentials, refresh_token and authorization_code",
+                    description: "this server knows client_credentials, refresh_token, authorization_code and token exchange",
                 }),
             });
         match answer {
@@ -117,6 +126,37 @@ impl State {
             });
         }
         Ok(self.issue_access_token(client.id, audience))
+    }
+
+    /// RFC 8693: a confidential client exchanges a live access token issued here for one of
+    /// the same subject, for `audience`.
+    fn exchange(
+        &mut self,
+        client: &Client,
+        subject_token: &str,
+        subject_token_type: &str,
+        audience: Option<String>,
+    ) -> Result<Value, Refusal> {
+        if client.secret.is_none() || subject_token_type != ACCESS_TOKEN_TYPE {
+            return Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                error: "invalid_request",
+                description: "a confidential client exchanges access tokens here",
+            });
+        }
+        let subject = match self.access_tokens.get(subject_token) {
+            Some(token) if !token.revoked && Instant::now() < token.expires_at => {
+                token.subject.clone()
+            }
+            _ => {
+                return Err(invalid_grant(
+                    "the subject token is not a live access token",
+                ));
+            }
+        };
+        let mut tokens = self.issue_access_token(&subject, audience);
+        tokens["issued_token_type"] = json!(ACCESS_TOKEN_TYPE);
+        Ok(tokens)
     }
 
     /// RFC 6749 §6, with rotation: the refresh token presented is used up, a new one comes

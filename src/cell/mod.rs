@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::error::{RefreshError, RefreshErrorKind};
 use crate::persist::TokenUpdate;
 use crate::source::TokenSource;
-use crate::token::RefreshToken;
+use crate::token::{AccessToken, RefreshToken};
 
 pub(crate) use authorization::{Authorization, Copies};
 use flight::{Flight, Launch, Work};
@@ -69,6 +69,19 @@ pub(crate) enum Phase {
 }
 
 impl Token {
+    /// The token itself, read back from its header: for code that sends it otherwise (a
+    /// token exchange's subject token), off the request path. Not kept beside the header,
+    /// which would cost every cell of a keyed layer a second copy of its token.
+    pub(crate) fn access_token(&self) -> AccessToken {
+        let header = self.header.get();
+        // Built from `Bearer <token>`, a `String`: UTF-8, and the scheme ends at the space.
+        let value = String::from_utf8_lossy(header.as_bytes());
+        let token = value
+            .split_once(' ')
+            .map_or(&*value, |(_scheme, token)| token);
+        AccessToken::new(token)
+    }
+
     #[inline]
     pub(crate) fn phase(&self, now: Instant) -> Phase {
         if self.rejected || self.expires_at.is_some_and(|at| now >= at) {
@@ -519,6 +532,45 @@ impl TokenCell {
         plan.go().await.map(drop)
     }
 
+    /// The current access token and its generation, as a request would get it: a FRESH or
+    /// STALE token at once (a STALE one starts the background refresh), else the outcome of
+    /// the one shared refresh, cooldowns and a refused grant respected.
+    pub(crate) async fn access_token(self: &Arc<Self>) -> Result<(AccessToken, u64), RefreshError> {
+        let token = match self.usable_token() {
+            Some(token) => token,
+            None => self.clone().acquire().await?,
+        };
+        Ok((token.access_token(), token.generation))
+    }
+
+    /// After code outside the request path saw the token of `generation` refused (a token
+    /// exchange's `invalid_grant`): a newer token, the one of the shared refresh this starts,
+    /// or `None` while refreshes for rejections are spaced out, as for a rejected request.
+    pub(crate) async fn access_token_after_rejection(
+        self: &Arc<Self>,
+        generation: u64,
+    ) -> Option<Result<(AccessToken, u64), RefreshError>> {
+        let outcome = self.after_rejection(generation)?.await;
+        Some(outcome.map(|token| (token.access_token(), token.generation)))
+    }
+
+    /// [`usable`](Self::usable), for the whole token.
+    fn usable_token(self: &Arc<Self>) -> Option<Token> {
+        let snapshot = self.snapshot.load();
+        let token = snapshot.token.as_ref()?;
+        let now = Instant::now();
+        match token.phase(now) {
+            Phase::Fresh => {}
+            Phase::Stale => {
+                if snapshot.background.may_start(now) {
+                    self.refresh_in_background();
+                }
+            }
+            Phase::Expired => return None,
+        }
+        Some(token.clone())
+    }
+
     /// Marks the current token rejected: the next request waits for a refresh.
     pub(crate) fn invalidate(&self) {
         let _slot = self.lock_slot();
@@ -630,6 +682,23 @@ mod tests {
         let printed = format!("{token:?} {token:#?}");
         assert!(!printed.contains("s3cr3t"), "{printed}");
         assert!(printed.contains("generation: 3"), "{printed}");
+    }
+
+    #[test]
+    fn the_access_token_is_read_back_from_its_header() {
+        let token = Token {
+            generation: 1,
+            header: Authorization::new(HeaderValue::from_static("Bearer a.b-c~d+e/f=")),
+            expires_at: None,
+            refresh_at: None,
+            rejected: false,
+        };
+        assert_eq!(token.access_token().secret(), "a.b-c~d+e/f=");
+        let one = Token {
+            header: Authorization::with_copies(HeaderValue::from_static("Bearer x y"), Copies::One),
+            ..token
+        };
+        assert_eq!(one.access_token().secret(), "x y");
     }
 
     #[test]

@@ -117,6 +117,43 @@ impl Endpoint {
         params: &[(&str, &str)],
         answered_resend_safe: bool,
     ) -> Result<TokenSet, RefreshError> {
+        let (head, body) = self.post(params, answered_resend_safe).await?;
+        let rules = self.rules(answered_resend_safe);
+        response::token_set(head.status, &head.headers, &body, &rules)
+    }
+
+    /// [`request`](Self::request) for a token exchange (RFC 8693), resent like any grant
+    /// whose request may be sent twice: its answer also names the `issued_token_type`.
+    pub(crate) async fn request_exchange(
+        &self,
+        params: &[(&str, &str)],
+        accept_not_access_token: bool,
+    ) -> Result<(TokenSet, String), RefreshError> {
+        let (head, body) = self.post(params, true).await?;
+        let rules = self.rules(true);
+        response::exchanged_token_set(
+            head.status,
+            &head.headers,
+            &body,
+            &rules,
+            accept_not_access_token,
+        )
+    }
+
+    fn rules(&self, answered_resend_safe: bool) -> Rules<'_> {
+        Rules {
+            host: self.host(),
+            reauth_codes: &self.reauth_codes,
+            answered_resend_safe,
+        }
+    }
+
+    /// Posts the form and reads the answer's head and body, within the timeout.
+    async fn post(
+        &self,
+        params: &[(&str, &str)],
+        answered_resend_safe: bool,
+    ) -> Result<(http::response::Parts, Bytes), RefreshError> {
         let url = self.checked_url()?;
         let http = self.http_client()?;
         // Built per attempt: an assertion is signed anew for each, so no `jti` is sent twice.
@@ -150,12 +187,7 @@ impl Endpoint {
             }
         };
         tracing::debug!(status = head.status.as_u16(), "token endpoint answered");
-        let rules = Rules {
-            host: self.host(),
-            reauth_codes: &self.reauth_codes,
-            answered_resend_safe,
-        };
-        response::token_set(head.status, &head.headers, &body, &rules)
+        Ok((head, body))
     }
 
     /// The token URL, once it is known to be fit for secrets.

@@ -8,6 +8,10 @@
 //! - [`ClientAuth`]: how the client authenticates, for every grant: its secret, a JWT it
 //!   signs ([`PrivateKeyJwt`] with a [`JwsSigner`]: a built-in ES256 or RS256 key with
 //!   feature `jwt-signing`, or a KMS), or an assertion from outside ([`ClientAssertion`]).
+//! - [`TokenExchange`]: a token for another audience, in exchange for another token (RFC 8693),
+//!   such as another layer's: see [`SecurityToken`].
+//! - [`JwtBearer`]: a token for a signed JWT [`Assertion`] (RFC 7523 §2.1), such as a
+//!   workload's identity token.
 //!
 //! Each grant posts a form to the token endpoint with its own HTTP client (never through a
 //! [`RefreshLayer`](crate::RefreshLayer)), reads at most 256 KiB of the answer, and
@@ -30,6 +34,11 @@ mod params;
 mod refresh_token;
 pub(crate) mod response;
 mod signer;
+// Token exchange (RFC 8693) and the JWT-bearer grant (RFC 7523 §2.1), with the credentials
+// they present.
+mod jwt_bearer;
+mod supply;
+mod token_exchange;
 
 pub use assertion::{ClientAssertion, PrivateKeyJwt};
 pub use authorization_code::{AuthorizationCode, AuthorizationError, PendingAuthorization};
@@ -37,11 +46,13 @@ pub use client_credentials::ClientCredentials;
 pub use discovery::ServerMetadata;
 pub use endpoint::ClientAuth;
 pub use http::{HttpClient, ResponseBody};
+pub use jwt_bearer::{Assertion, JwtBearer};
 pub use params::TokenParams;
 pub use refresh_token::RefreshTokenGrant;
 #[cfg(feature = "jwt-signing")]
 pub use signer::{Es256Key, Rs256Key};
 pub use signer::{JwsSigner, SigningKeyError};
+pub use token_exchange::{SecurityToken, TokenExchange, token_type};
 
 /// The settings every grant shares, as consuming setters on the grant's `endpoint` field.
 macro_rules! endpoint_setters {

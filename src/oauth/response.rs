@@ -35,6 +35,26 @@ pub(crate) fn token_set(
     body: &[u8],
     rules: &Rules<'_>,
 ) -> Result<TokenSet, RefreshError> {
+    read(status, headers, body, rules, Expect::Bearer).map(|(set, _issued)| set)
+}
+
+/// What a grant's answer must say about the token it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// RFC 6749: a `token_type` of `Bearer`, if the answer names one.
+    Bearer,
+    /// RFC 8693 §2.2.1: an `issued_token_type`, and a `token_type` of `Bearer`, or `N_A` if
+    /// the grant accepts a token the server says is not an access token.
+    Exchanged { accept_not_access_token: bool },
+}
+
+fn read(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    rules: &Rules<'_>,
+    expect: Expect,
+) -> Result<(TokenSet, Option<String>), RefreshError> {
     let fields = fields(headers, body);
     if let Some(fields) = &fields
         && let Some(code) = fields.get("error").and_then(Value::as_str)
@@ -66,8 +86,12 @@ pub(crate) fn token_set(
             .with_source(reason)
             .into());
     };
+    // An exchange may issue a token the server says is not an access token (`N_A`): whether
+    // it is taken is decided below, with its `issued_token_type`.
+    let exchanged = matches!(expect, Expect::Exchanged { .. });
     if let Some(token_type) = fields.get("token_type").and_then(Value::as_str)
         && !token_type.eq_ignore_ascii_case("bearer")
+        && !(exchanged && token_type == NOT_APPLICABLE)
     {
         let reason = format!(
             "a token of type {:?} was issued, not Bearer",
@@ -82,6 +106,28 @@ pub(crate) fn token_set(
         .with_source(reason)
         .into());
     }
+    let issued = match expect {
+        Expect::Bearer => None,
+        Expect::Exchanged {
+            accept_not_access_token,
+        } => match exchanged_type(fields, accept_not_access_token) {
+            Ok(issued) => Some(issued),
+            Err(Unusable::Malformed(reason)) => {
+                let error = transient(
+                    TransientKind::InvalidResponse,
+                    headers,
+                    rules,
+                    refresh_token,
+                );
+                return Err(error.with_source(reason).into());
+            }
+            Err(Unusable::NotAnAccessToken(description)) => {
+                return Err(ConfigurationError::local("not_an_access_token")
+                    .with_description(description)
+                    .into());
+            }
+        },
+    };
     let expires_in = match fields.get("expires_in") {
         None | Some(Value::Null) => None,
         Some(value) => {
@@ -97,7 +143,74 @@ pub(crate) fn token_set(
     set.refresh_token = refresh_token.map(RefreshToken::new);
     set.expires_in = expires_in;
     set.scope = string(fields, "scope");
-    Ok(set)
+    Ok((set, issued))
+}
+
+/// RFC 8693 §2.2.1's `token_type` for a token that is not an access token.
+const NOT_APPLICABLE: &str = "N_A";
+
+/// RFC 8693's URI for a refresh token: never sent as an access token, whatever the answer says.
+const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
+
+/// A token exchange's answer (RFC 8693 §2.2.1) read into a token set, and the
+/// `issued_token_type` it names.
+///
+/// Besides what [`token_set`] checks: `issued_token_type` is required; an issued refresh
+/// token is refused (it must never travel in an `Authorization` header); `token_type` `N_A`
+/// (the server says the token is not an access token) is refused unless
+/// `accept_not_access_token`.
+pub(crate) fn exchanged_token_set(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    rules: &Rules<'_>,
+    accept_not_access_token: bool,
+) -> Result<(TokenSet, String), RefreshError> {
+    let expect = Expect::Exchanged {
+        accept_not_access_token,
+    };
+    let (set, issued) = read(status, headers, body, rules, expect)?;
+    let issued = issued.expect("an exchanged answer names its issued_token_type");
+    Ok((set, issued))
+}
+
+/// Why an exchange's answer cannot be used.
+enum Unusable {
+    /// It is not what RFC 8693 says an answer is: transient, like any unreadable answer.
+    Malformed(String),
+    /// It carries a token that is not an access token: resending cannot help, asking for
+    /// another `requested_token_type` can.
+    NotAnAccessToken(String),
+}
+
+/// The `issued_token_type` of an exchange's answer, or why the answer cannot be used.
+fn exchanged_type(
+    fields: &Map<String, Value>,
+    accept_not_access_token: bool,
+) -> Result<String, Unusable> {
+    let Some(issued) = string(fields, "issued_token_type") else {
+        return Err(Unusable::Malformed(
+            "a token exchange answer without issued_token_type (RFC 8693 §2.2.1)".to_owned(),
+        ));
+    };
+    if issued == REFRESH_TOKEN_TYPE {
+        return Err(Unusable::NotAnAccessToken(
+            "the token exchange issued a refresh token, which is never sent as an access \
+             token; ask for another requested_token_type"
+                .to_owned(),
+        ));
+    }
+    let not_an_access_token =
+        fields.get("token_type").and_then(Value::as_str) == Some(NOT_APPLICABLE);
+    if not_an_access_token && !accept_not_access_token {
+        return Err(Unusable::NotAnAccessToken(format!(
+            "the token exchange issued a {} with token_type N_A, which the server says is \
+             not an access token; ask for requested_token_type access_token, or accept it \
+             with accept_not_access_token(true)",
+            printable(&issued, 80)
+        )));
+    }
+    Ok(issued)
 }
 
 /// The body's fields: a JSON object whatever the content type claims, or a form-encoded body
@@ -301,6 +414,9 @@ fn printable(value: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod properties;
+
+#[cfg(test)]
+mod exchange_properties;
 
 #[cfg(test)]
 mod tests {
@@ -539,6 +655,97 @@ mod tests {
         assert_eq!(retry_after(&headers, now), Some(Duration::from_secs(30)));
         headers.insert(header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers, now), None);
+    }
+
+    fn exchange(
+        status: u16,
+        body: &str,
+        accept_na: bool,
+    ) -> Result<(TokenSet, String), RefreshError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        let status = StatusCode::from_u16(status).unwrap();
+        exchanged_token_set(status, &headers, body.as_bytes(), &RULES, accept_na)
+    }
+
+    const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+    #[test]
+    fn an_exchange_answer_names_its_issued_token_type() {
+        let body = json!({
+            "access_token": "at", "token_type": "Bearer", "expires_in": 60,
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        });
+        let (set, issued) = exchange(200, &body.to_string(), false).unwrap();
+        assert_eq!(set.access_token.secret(), "at");
+        assert_eq!(set.expires_in, Some(Duration::from_secs(60)));
+        assert_eq!(issued, "urn:ietf:params:oauth:token-type:access_token");
+        // What the plain parser makes of it is unchanged.
+        assert!(parse(200, &body.to_string()).is_ok());
+    }
+
+    #[test]
+    fn an_exchange_answer_without_issued_token_type_is_unreadable() {
+        let body = r#"{"access_token":"at","token_type":"Bearer","refresh_token":"rt"}"#;
+        let RefreshError::Transient(err) = exchange(200, body, false).unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(err.kind(), TransientKind::InvalidResponse);
+        assert!(
+            std::error::Error::source(&err)
+                .unwrap()
+                .to_string()
+                .contains("issued_token_type")
+        );
+        assert_eq!(err.received_refresh_token().unwrap().secret(), "rt");
+    }
+
+    #[test]
+    fn n_a_is_refused_unless_accepted_and_a_refresh_token_always() {
+        let na =
+            json!({"access_token": "id-token", "token_type": "N_A", "issued_token_type": JWT_TYPE});
+        let RefreshError::Configuration(err) = exchange(200, &na.to_string(), false).unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(err.error(), "not_an_access_token");
+        assert!(err.to_string().contains("accept_not_access_token"), "{err}");
+        let (set, issued) = exchange(200, &na.to_string(), true).unwrap();
+        assert_eq!(
+            (set.access_token.secret(), issued.as_str()),
+            ("id-token", JWT_TYPE)
+        );
+        // N_A means nothing outside an exchange: the plain parser refuses it as before.
+        assert_eq!(
+            parse(200, &na.to_string()).unwrap_err().kind(),
+            RefreshErrorKind::Transient
+        );
+
+        let refresh = json!({
+            "access_token": "rt-as-at", "token_type": "N_A",
+            "issued_token_type": "urn:ietf:params:oauth:token-type:refresh_token",
+        });
+        for accept in [false, true] {
+            let err = exchange(200, &refresh.to_string(), accept).unwrap_err();
+            assert_eq!(err.kind(), RefreshErrorKind::Configuration, "{err}");
+        }
+        // Any other type than Bearer or N_A is refused as for every grant.
+        let dpop =
+            json!({"access_token": "at", "token_type": "DPoP", "issued_token_type": JWT_TYPE});
+        assert_eq!(
+            exchange(200, &dpop.to_string(), true).unwrap_err().kind(),
+            RefreshErrorKind::Transient
+        );
+    }
+
+    #[test]
+    fn exchange_errors_land_in_the_classes_of_every_grant() {
+        let err = exchange(400, r#"{"error":"invalid_grant"}"#, false).unwrap_err();
+        assert_eq!(err.kind(), RefreshErrorKind::Reauth);
+        let err = exchange(400, r#"{"error":"invalid_target"}"#, false).unwrap_err();
+        assert_eq!(err.kind(), RefreshErrorKind::Configuration);
+        let err = exchange(503, "", false).unwrap_err();
+        assert_eq!(err.kind(), RefreshErrorKind::Transient);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::fmt;
 use std::sync::{Mutex, Once};
 use std::time::Duration;
 
+use oauth_refresh::oauth::{SecurityToken, TokenExchange, token_type};
 use oauth_refresh::{
     ConfigurationError, ReauthRequired, RefreshError, RefreshErrorKind, RefreshLayer,
     RefreshTokenGrant, TransientError, TransientKind,
@@ -152,7 +153,109 @@ fn rows() -> Vec<Row> {
             Answer::json(401, json!({"error": "invalid_client"})),
             Outcome::Configuration("invalid_client".to_owned()),
         ),
+        // Token exchange (RFC 8693): the answers of its own, and the faults of any grant
+        // for one that may be resent.
+        Row::new(
+            "exchange: connection refused",
+            Fault::Refused,
+            transient(Network),
+        )
+        .exchange(),
+        Row::answer(
+            "exchange: accepts, then never answers",
+            Answer::hang(),
+            transient(Timeout),
+        )
+        .exchange(),
+        Row::answer(
+            "exchange: 503, Retry-After: 2",
+            Answer::raw(503, Some("text/html"), "<html>down for maintenance</html>")
+                .header("retry-after", "2"),
+            Outcome::Transient(ServerError(503), Some(Duration::from_secs(2))),
+        )
+        .exchange(),
+        Row::answer(
+            "exchange: 200 without issued_token_type",
+            Answer::raw(200, Some("application/json"), NEXT_TOKENS),
+            transient(InvalidResponse),
+        )
+        .exchange(),
+        Row::answer(
+            "exchange: 200, token_type N_A (an ID token)",
+            Answer::json(
+                200,
+                json!({"access_token": "id-2", "token_type": "N_A", "expires_in": 3600,
+                       "issued_token_type": "urn:ietf:params:oauth:token-type:id_token"}),
+            ),
+            Outcome::Configuration("not_an_access_token".to_owned()),
+        )
+        .exchange(),
+        Row::answer(
+            "exchange: 200, issued a refresh token",
+            Answer::json(
+                200,
+                json!({"access_token": "rt-9", "token_type": "N_A",
+                       "issued_token_type": "urn:ietf:params:oauth:token-type:refresh_token"}),
+            ),
+            Outcome::Configuration("not_an_access_token".to_owned()),
+        )
+        .exchange(),
+        Row::answer(
+            "exchange: 400, error invalid_grant",
+            Answer::json(
+                400,
+                json!({"error": "invalid_grant", "error_description": "subject token expired"}),
+            ),
+            Outcome::Configuration("invalid_grant".to_owned()),
+        )
+        .exchange(),
+        Row::answer(
+            "exchange: 400, error invalid_target",
+            Answer::json(400, json!({"error": "invalid_target"})),
+            Outcome::Configuration("invalid_target".to_owned()),
+        )
+        .exchange(),
     ]
+}
+
+/// The subject token every exchange row presents.
+const SUBJECT_TOKEN: &str = "st-1";
+
+/// The healthy answer of an exchange row.
+fn healthy_exchange() -> Answer {
+    Answer::json(
+        200,
+        json!({"access_token": "at-1", "token_type": "Bearer", "expires_in": LIFETIME_S,
+               "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}),
+    )
+}
+
+/// The layer of a row: a rotating refresh token, or an exchange, whose whole refresh is
+/// cut to one request's timeout, so that its resends end within the same bound.
+fn layer_for(grant: Grant, endpoint: &TokenEndpoint) -> RefreshLayer {
+    match grant {
+        Grant::RefreshToken => {
+            endpoint.push(healthy());
+            let grant = RefreshTokenGrant::new(endpoint.url(), "app", "rt-1").timeout(TIMEOUT);
+            // The window is then capped at half the token's lifetime.
+            RefreshLayer::builder(grant)
+                .refresh_ahead(Duration::from_secs(3600))
+                .build()
+        }
+        Grant::TokenExchange => {
+            endpoint.push(healthy_exchange());
+            let subject = SecurityToken::from_fn(token_type::JWT, || async {
+                Ok::<_, std::io::Error>(SUBJECT_TOKEN.to_owned())
+            });
+            let grant = TokenExchange::new(endpoint.url(), "gateway", subject)
+                .audience("https://api.test")
+                .timeout(TIMEOUT);
+            RefreshLayer::builder(grant)
+                .refresh_ahead(Duration::from_secs(3600))
+                .refresh_timeout(TIMEOUT)
+                .build()
+        }
+    }
 }
 
 #[test]
@@ -238,6 +341,17 @@ struct Row {
     fault_name: &'static str,
     fault: Fault,
     expected: Outcome,
+    grant: Grant,
+}
+
+/// The grant a row refreshes with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    /// A rotating refresh token, never resent once it may have reached the server.
+    RefreshToken,
+    /// A token exchange (RFC 8693) of a subject token from a closure: resent while the
+    /// refresh's time lasts, and its answer must name an `issued_token_type`.
+    TokenExchange,
 }
 
 impl Row {
@@ -246,11 +360,18 @@ impl Row {
             fault_name,
             fault,
             expected,
+            grant: Grant::RefreshToken,
         }
     }
 
     fn answer(fault_name: &'static str, answer: Answer, expected: Outcome) -> Row {
         Row::new(fault_name, Fault::Answer(answer), expected)
+    }
+
+    /// A row of the token exchange's.
+    fn exchange(mut self) -> Row {
+        self.grant = Grant::TokenExchange;
+        self
     }
 }
 
@@ -420,15 +541,13 @@ fn faulty_refresh(row: Row, endpoint: TokenEndpoint, http: reqwest::Client) -> R
 
 async fn run_row(row: Row, endpoint: TokenEndpoint, http: reqwest::Client, report: &mut Report) {
     let Row {
-        fault, expected, ..
+        fault,
+        expected,
+        grant,
+        ..
     } = row;
     let bound = TIMEOUT + MARGIN;
-    endpoint.push(healthy());
-    let grant = RefreshTokenGrant::new(endpoint.url(), "app", "rt-1").timeout(TIMEOUT);
-    // The window is then capped at half the token's lifetime.
-    let layer = RefreshLayer::builder(grant)
-        .refresh_ahead(Duration::from_secs(3600))
-        .build();
+    let layer = layer_for(grant, &endpoint);
     if let Err(error) = layer.refresh().await {
         return report.problem(format!("the healthy refresh failed: {error}"));
     }
@@ -559,9 +678,23 @@ async fn run_row(row: Row, endpoint: TokenEndpoint, http: reqwest::Client, repor
         let presented = requests[1..]
             .iter()
             .filter(|r| r.path == "/token")
-            .all(|r| r.param("refresh_token").as_deref() == Some("rt-2"));
+            .all(|r| match grant {
+                Grant::RefreshToken => r.param("refresh_token").as_deref() == Some("rt-2"),
+                // The exchange presents its subject token, never a refresh token.
+                Grant::TokenExchange => {
+                    r.param("subject_token").as_deref() == Some(SUBJECT_TOKEN)
+                        && r.param("refresh_token").is_none()
+                }
+            });
         if !presented {
-            report.problem("a token request after the fault did not present the rotated token");
+            report.problem(match grant {
+                Grant::RefreshToken => {
+                    "a token request after the fault did not present the rotated token"
+                }
+                Grant::TokenExchange => {
+                    "an exchange after the fault did not present the subject token"
+                }
+            });
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::oidc_provider::{
 
 /// A protected API that honours exactly the tokens the authorization server honours, and
 /// answers 401 with a Bearer `invalid_token` challenge otherwise.
-fn api(
+pub(crate) fn api(
     provider: Arc<OidcProvider>,
 ) -> impl tower::Service<
     Request<Full<Bytes>>,
@@ -58,7 +58,10 @@ fn api(
     })
 }
 
-async fn call(layer: &RefreshLayer, provider: &Arc<OidcProvider>) -> Result<StatusCode, BoxError> {
+pub(crate) async fn call(
+    layer: &RefreshLayer,
+    provider: &Arc<OidcProvider>,
+) -> Result<StatusCode, BoxError> {
     let service = ServiceBuilder::new()
         .layer(layer.clone())
         .service(api(provider.clone()));
@@ -70,7 +73,7 @@ async fn call(layer: &RefreshLayer, provider: &Arc<OidcProvider>) -> Result<Stat
 
 /// Signs `alice` in through the authorization code flow with PKCE, without a browser, using
 /// the endpoints discovery finds.
-async fn sign_in(provider: &OidcProvider) -> RefreshTokenGrant {
+pub(crate) async fn sign_in(provider: &OidcProvider) -> RefreshTokenGrant {
     let metadata = ServerMetadata::discover(&provider.issuer).await.unwrap();
     assert_eq!(metadata.token_endpoint, provider.token_url());
     assert!(

@@ -7,6 +7,8 @@ mod api_server;
 #[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
 mod client_assertion;
 #[cfg(feature = "reqwest")]
+mod exchange;
+#[cfg(feature = "reqwest")]
 mod faults;
 // The grant tests use reqwest, the grants' default HTTP client.
 #[cfg(feature = "reqwest")]
@@ -15,6 +17,8 @@ mod grants;
 mod hostile;
 #[cfg(feature = "reqwest")]
 mod interop;
+#[cfg(feature = "reqwest")]
+mod interop_exchange;
 #[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
 mod interop_private_key_jwt;
 mod keyed;

@@ -68,6 +68,12 @@ pub fn pkjwt_rs256_key() -> oauth_refresh::oauth::Rs256Key {
         .expect("a PKCS #8 RSA key")
         .with_key_id(PKJWT_RS256_KID)
 }
+// Token exchange and JWT bearer: grant types the test server registers itself (see the README).
+/// Token exchange only; `client_secret_basic`; scope `api:read api:write`.
+pub const EXCHANGE_ID: &str = "exchanger";
+pub const EXCHANGE_SECRET: &str = "exchanger s3cr:t+/%&=~ 0123456789abcdef";
+/// JWT bearer only; a public client (`none`): it holds no secret, its assertions vouch for it.
+pub const WORKLOAD_ID: &str = "workload";
 
 /// Scopes every client may ask for (besides `openid` and `offline_access` for [`APP_ID`]).
 pub const API_SCOPES: &str = "api:read api:write";
@@ -100,6 +106,10 @@ pub struct Stats {
     pub private_key_jwt_aud_issuer: u64,
     /// Client assertions refused because their `jti` had been used before.
     pub client_assertion_replayed: u64,
+    /// Token exchange requests (a grant type of the test server's own).
+    pub token_exchange: u64,
+    /// JWT-bearer requests (a grant type of the test server's own).
+    pub jwt_bearer: u64,
 }
 
 /// A running oidc-provider on `issuer` (`http://127.0.0.1:<port>`), with its own state.
@@ -286,6 +296,8 @@ impl OidcProvider {
             private_key_jwt: count("private_key_jwt"),
             private_key_jwt_aud_issuer: count("private_key_jwt_aud_issuer"),
             client_assertion_replayed: count("client_assertion_replayed"),
+            token_exchange: count("token_exchange"),
+            jwt_bearer: count("jwt_bearer"),
         }
     }
 
@@ -341,6 +353,27 @@ impl OidcProvider {
             )
         });
         (status, json)
+    }
+
+    /// What the server holds of an access token it honours (`/__test/active`): `active`,
+    /// `client_id`, `sub`, `scope`, `exp`, `aud`, `gty` (`"token_exchange"`, `"jwt_bearer"`)
+    /// and `act` (an exchange's actor).
+    pub async fn token_info(&self, access_token: &str) -> Value {
+        let mut url = Url::parse(&format!("{}/__test/active", self.issuer)).expect("URL");
+        url.query_pairs_mut().append_pair("token", access_token);
+        self.get_json(url.as_str()).await
+    }
+
+    /// Trusts JWT-bearer assertions whose `iss` is `iss`, signed (ES256) by the P-256 key whose
+    /// public point has the coordinates `x` and `y` (base64url).
+    pub async fn trust_assertion_issuer(&self, iss: &str, x: &str, y: &str) {
+        let mut url = Url::parse(&format!("{}/__test/assertion_issuer", self.issuer)).expect("URL");
+        url.query_pairs_mut()
+            .append_pair("iss", iss)
+            .append_pair("x", x)
+            .append_pair("y", y);
+        let response = self.http.post(url.as_str()).send().await;
+        self.json_answer("POST", url.as_str(), response).await;
     }
 
     /// The last lines the server wrote to stderr, for failure messages.
@@ -573,6 +606,9 @@ mod tests {
         assert_eq!(clients["app"]["client_id"], APP_ID);
         assert_eq!(clients["app"]["client_secret"], APP_SECRET);
         assert_eq!(clients["app"]["redirect_uri"], APP_REDIRECT_URI);
+        assert_eq!(clients["exchange"]["client_id"], EXCHANGE_ID);
+        assert_eq!(clients["exchange"]["client_secret"], EXCHANGE_SECRET);
+        assert_eq!(clients["jwt_bearer"]["client_id"], WORKLOAD_ID);
         for secret in [CC_BASIC_SECRET, CC_POST_SECRET, APP_SECRET] {
             for special in [':', '+', '/', '%', '&', '=', '~', ' '] {
                 assert!(

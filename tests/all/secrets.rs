@@ -41,7 +41,7 @@ async fn refresh_service_debug_never_shows_the_token() {
 /// Collects what a tracing subscriber writes, from the threads of the tests that asked for
 /// it ([`trace_log`]) only.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
 thread_local! {
     /// Whether this thread's events are kept: the other tests' would grow the log by tens of
@@ -61,10 +61,11 @@ impl Write for Captured {
     }
 }
 
-/// What the calling test traces goes here: its thread, which on a current-thread runtime runs
-/// its refreshes too. A global subscriber, because tracing caches each callsite's interest
-/// process-wide: a thread-local one races with the other tests' threads.
-fn trace_log() -> &'static Captured {
+/// What the calling thread traces from now on goes here (run the test on a current-thread
+/// runtime, so that the refreshes it spawns run on its thread). A global subscriber, because
+/// tracing caches each callsite's interest process-wide: a thread-local one races with the
+/// other tests' threads.
+pub(crate) fn trace_log() -> &'static Captured {
     static LOG: OnceLock<Captured> = OnceLock::new();
     CAPTURING.with(|capturing| capturing.set(true));
     LOG.get_or_init(|| {

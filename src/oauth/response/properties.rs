@@ -23,7 +23,7 @@ const KNOWN: &[&str] = &[
     "error_uri",
 ];
 
-const FORM: &str = "application/x-www-form-urlencoded";
+pub(super) const FORM: &str = "application/x-www-form-urlencoded";
 
 /// A server-supplied string as an error message may show it: printable ASCII, at most `max`.
 fn shown(value: &str, max: usize) -> String {
@@ -34,7 +34,7 @@ fn shown(value: &str, max: usize) -> String {
         .collect()
 }
 
-fn headers(content_type: Option<&str>) -> HeaderMap {
+pub(super) fn headers(content_type: Option<&str>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     if let Some(content_type) = content_type {
         headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
@@ -77,7 +77,7 @@ fn extra_fields() -> impl Strategy<Value = BTreeMap<String, Value>> {
 
 /// `expires_in` as a server may write it.
 #[derive(Debug, Clone)]
-enum ExpiresIn {
+pub(super) enum ExpiresIn {
     Absent,
     Null,
     Number(u64),
@@ -91,7 +91,7 @@ enum ExpiresIn {
 
 impl ExpiresIn {
     /// The JSON value, and the lifetime the parser should read from it.
-    fn json(&self) -> (Option<Value>, Option<Duration>) {
+    pub(super) fn json(&self) -> (Option<Value>, Option<Duration>) {
         match self {
             ExpiresIn::Absent => (None, None),
             ExpiresIn::Null => (Some(Value::Null), None),
@@ -176,19 +176,19 @@ fn bearer() -> impl Strategy<Value = String> {
 
 /// A §5.1 success answer.
 #[derive(Debug, Clone)]
-struct Success {
+pub(super) struct Success {
     access_token: String,
-    token_type: Option<String>,
-    expires_in: ExpiresIn,
+    pub(super) token_type: Option<String>,
+    pub(super) expires_in: ExpiresIn,
     refresh_token: Option<Value>,
     scope: Option<Value>,
     extra: BTreeMap<String, Value>,
     /// Sort keys that shuffle the fields as they are written.
     order: Vec<u32>,
-    status: u16,
+    pub(super) status: u16,
 }
 
-fn success() -> impl Strategy<Value = Success> {
+pub(super) fn success() -> impl Strategy<Value = Success> {
     (
         opaque(),
         prop::option::of(bearer()),
@@ -242,7 +242,7 @@ impl Success {
     }
 
     /// The answer as a JSON object, written by hand so that the field order varies.
-    fn json_body(&self) -> String {
+    pub(super) fn json_body(&self) -> String {
         let fields: Vec<String> = self
             .fields()
             .into_iter()
@@ -273,7 +273,7 @@ impl Success {
         form.finish()
     }
 
-    fn check(&self, set: &TokenSet, lifetime: Option<Duration>, form: bool) {
+    pub(super) fn check(&self, set: &TokenSet, lifetime: Option<Duration>, form: bool) {
         assert_eq!(set.access_token.secret(), self.access_token);
         assert_eq!(set.expires_in, lifetime);
         let as_form = |field: &Option<Value>| match field {
@@ -422,7 +422,7 @@ impl ErrorAnswer {
 }
 
 /// A random secret-looking token, which no message may ever show.
-fn secret(prefix: &'static str) -> impl Strategy<Value = String> {
+pub(super) fn secret(prefix: &'static str) -> impl Strategy<Value = String> {
     "[A-Za-z0-9_-]{20,32}".prop_map(move |s| format!("{prefix}{s}"))
 }
 
@@ -571,7 +571,7 @@ fn field_soup() -> impl Strategy<Value = (Option<&'static str>, Vec<u8>)> {
 }
 
 /// Any body: arbitrary bytes, or fields of any type, whole or cut short.
-fn any_body() -> impl Strategy<Value = (Option<&'static str>, Vec<u8>)> {
+pub(super) fn any_body() -> impl Strategy<Value = (Option<&'static str>, Vec<u8>)> {
     let content_type = prop::option::of(prop::sample::select(
         &[
             "application/json",
@@ -588,7 +588,7 @@ fn any_body() -> impl Strategy<Value = (Option<&'static str>, Vec<u8>)> {
 
 /// The refresh token a body carries, read the way RFC 6749 writes it: a non-empty string in
 /// a JSON object, or a form field when the content type says form.
-fn refresh_token_in(content_type: Option<&str>, body: &[u8]) -> (Option<String>, bool) {
+pub(super) fn refresh_token_in(content_type: Option<&str>, body: &[u8]) -> (Option<String>, bool) {
     if let Ok(Value::Object(fields)) = serde_json::from_slice(body) {
         let error = fields.get("error").is_some_and(Value::is_string);
         return (readable(&fields.get("refresh_token").cloned()), error);

@@ -11,7 +11,7 @@
 // Standard output carries exactly one line, once listening: {"issuer":"http://127.0.0.1:<port>"}.
 // Everything else goes to standard error.
 
-import { createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
@@ -48,7 +48,7 @@ const API_SCOPES = 'api:read api:write';
 // private_key_jwt clients (RFC 7523 §2.2): each registers the public half of a test key
 // checked in under keys/ (test-only keys; the Rust harness signs with the private halves),
 // pinned to one algorithm, for client credentials, the code flow and refresh.
-const JWT_BEARER = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+const CLIENT_ASSERTION_JWT = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
 function privateKeyJwtClient({ client_id, alg, kid, key, redirect_uri }) {
   const pem = readFileSync(new URL(`./${key}`, import.meta.url), 'utf8');
   const jwk = { ...createPublicKey(pem).export({ format: 'jwk' }), kid, alg, use: 'sig' };
@@ -166,6 +166,9 @@ const stats = {
   private_key_jwt_aud_issuer: 0,
   // Assertions refused because their jti had been used (oidc-provider's replay detection).
   client_assertion_replayed: 0,
+  // Token exchange and JWT bearer: grant types this test server registers (below).
+  token_exchange: 0,
+  jwt_bearer: 0,
 };
 const presentedRefreshTokens = new Set();
 
@@ -183,6 +186,115 @@ function first(value) {
 // ID token signing key: EC P-256, made in well under a millisecond (RSA takes 100 ms or more).
 const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const signingKey = { ...privateKey.export({ format: 'jwk' }), kid: 'test-es256', use: 'sig', alg: 'ES256' };
+
+// ---------------------------------------------------------------------------------------------
+// Token exchange (RFC 8693) and JWT bearer (RFC 7523 §2.1): oidc-provider implements neither;
+// it lets a server register grant types of its own, and what follows is this test server's
+// configuration, not oidc-provider behaviour (see the README).
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const JWT_BEARER = 'urn:ietf:params:oauth:grant-type:jwt-bearer';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+
+// JWT-bearer assertion issuers the test registered (POST /__test/assertion_issuer): iss -> public key.
+const assertionIssuers = new Map();
+
+function base64urlJson(part) {
+  try {
+    return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+// An access token this server issued and still honours: a user's as the subject of an
+// exchange, a user's or a client's own (client credentials) as its actor.
+async function honouredAccessToken(value, what, models) {
+  let token;
+  for (const model of models) {
+    if (!token && typeof value === 'string' && value !== '') token = await provider[model].find(value);
+  }
+  if (!token || token.isExpired) throw new errors.InvalidGrant(`${what} is not an active access token of this server`);
+  return token;
+}
+
+function requestedScope(ctx, fallback) {
+  const allowed = new Set(API_SCOPES.split(' '));
+  const asked = ctx.oidc.params.scope ? ctx.oidc.params.scope.split(' ') : (fallback ?? '').split(' ');
+  return asked.filter((scope) => allowed.has(scope)).join(' ') || undefined;
+}
+
+// The actor each exchanged token was issued to act through (oidc-provider's opaque tokens keep
+// no claims of a server's own): access token value -> { sub }.
+const actors = new Map();
+
+async function issue(ctx, { accountId, scope, audience, gty, act }) {
+  const token = new provider.AccessToken({ accountId, client: ctx.oidc.client, gty, scope });
+  if (audience !== undefined) token.setAudience(audience);
+  const value = await token.save();
+  if (act) actors.set(value, act);
+  return { access_token: value, token_type: 'Bearer', expires_in: token.expiration, scope };
+}
+
+// Token exchange: the subject token must be an access token this server issued and still
+// honours; the new one is for the same account, with the requested audience and scope.
+async function tokenExchange(ctx) {
+  const { params } = ctx.oidc;
+  if (!params.subject_token || !params.subject_token_type) {
+    throw new errors.InvalidRequest('subject_token and subject_token_type are required');
+  }
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('only access tokens are exchanged here');
+  }
+  if (params.requested_token_type && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('only access tokens are issued here');
+  }
+  const subject = await honouredAccessToken(params.subject_token, 'the subject token', ['AccessToken']);
+  let act;
+  if (params.actor_token !== undefined) {
+    if (params.actor_token_type !== ACCESS_TOKEN_TYPE) throw new errors.InvalidRequest('actor_token_type must be access_token');
+    const actor = await honouredAccessToken(params.actor_token, 'the actor token', ['AccessToken', 'ClientCredentials']);
+    act = { sub: actor.accountId ?? actor.clientId };
+  }
+  const audience = [].concat(params.audience ?? []);
+  const tokens = await issue(ctx, {
+    accountId: subject.accountId,
+    scope: requestedScope(ctx, subject.scope),
+    audience: audience.length ? audience : undefined,
+    gty: 'token_exchange',
+    act,
+  });
+  ctx.body = { ...tokens, issued_token_type: ACCESS_TOKEN_TYPE };
+}
+
+// JWT bearer: an ES256 assertion signed by a registered issuer's key, naming this server (its
+// issuer or token endpoint) as audience, with a subject and an expiry still to come.
+async function jwtBearer(ctx) {
+  const assertion = ctx.oidc.params.assertion;
+  const parts = typeof assertion === 'string' ? assertion.split('.') : [];
+  if (parts.length !== 3) throw new errors.InvalidGrant('the assertion is not a JWS');
+  const header = base64urlJson(parts[0]);
+  const claims = base64urlJson(parts[1]);
+  if (header?.alg !== 'ES256' || typeof claims !== 'object' || claims === null) {
+    throw new errors.InvalidGrant('the assertion is not an ES256 JWT');
+  }
+  const key = assertionIssuers.get(claims.iss);
+  if (!key) throw new errors.InvalidGrant('the assertion issuer is not trusted');
+  const signed = Buffer.from(`${parts[0]}.${parts[1]}`);
+  const signature = Buffer.from(parts[2], 'base64url');
+  if (!verify('sha256', signed, { key, dsaEncoding: 'ieee-p1363' }, signature)) {
+    throw new errors.InvalidGrant('the assertion signature is invalid');
+  }
+  const audiences = [].concat(claims.aud ?? []);
+  if (!audiences.some((aud) => aud === issuer || aud === `${issuer}/token`)) {
+    throw new errors.InvalidGrant('the assertion is not for this server');
+  }
+  if (typeof claims.sub !== 'string' || claims.sub === '') throw new errors.InvalidGrant('the assertion has no subject');
+  if (typeof claims.exp !== 'number' || claims.exp <= Date.now() / 1000) {
+    throw new errors.InvalidGrant('the assertion has expired');
+  }
+  ctx.body = await issue(ctx, { accountId: claims.sub, scope: requestedScope(ctx), gty: 'jwt_bearer' });
+}
 
 const server = createServer((req, res) => {
   res.statusCode = 503;
@@ -217,6 +329,24 @@ const provider = new Provider(issuer, {
       response_types: [],
       redirect_uris: [],
       token_endpoint_auth_method: 'client_secret_post',
+      scope: API_SCOPES,
+    },
+    // Token exchange and JWT bearer: grant types this test server registers (below).
+    {
+      client_id: CLIENTS.exchange.client_id,
+      client_secret: CLIENTS.exchange.client_secret,
+      grant_types: [TOKEN_EXCHANGE],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: API_SCOPES,
+    },
+    {
+      client_id: CLIENTS.jwt_bearer.client_id,
+      grant_types: [JWT_BEARER],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'none',
       scope: API_SCOPES,
     },
     {
@@ -286,6 +416,14 @@ provider.on('grant.error', (ctx, err) => {
   }
 });
 
+provider.registerGrantType(
+  TOKEN_EXCHANGE,
+  tokenExchange,
+  ['subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'audience', 'resource', 'scope'],
+  ['audience', 'resource'],
+);
+provider.registerGrantType(JWT_BEARER, jwtBearer, ['assertion', 'scope']);
+
 // Test-only endpoints and the token request counters, in front of the provider's routes.
 provider.use(async (ctx, next) => {
   if (ctx.path.startsWith('/__test/')) {
@@ -298,6 +436,14 @@ provider.use(async (ctx, next) => {
         resetStats();
         ctx.body = { ...stats };
         return;
+      case 'POST /__test/assertion_issuer': {
+        // Trusts JWT-bearer assertions of issuer `iss` signed by the P-256 key (x, y).
+        const { iss, x, y } = ctx.query;
+        const key = createPublicKey({ key: { kty: 'EC', crv: 'P-256', x, y }, format: 'jwk' });
+        assertionIssuers.set(iss, key);
+        ctx.body = { trusted: iss };
+        return;
+      }
       case 'POST /__test/revoke_all':
         ctx.body = { revoked: revokeAll() };
         return;
@@ -313,6 +459,9 @@ provider.use(async (ctx, next) => {
               sub: found.accountId ?? null,
               scope: found.scope ?? null,
               exp: found.exp,
+              aud: found.aud ?? null,
+              gty: found.gty ?? null,
+              act: actors.get(token) ?? null,
             }
           : { active: false };
         return;
@@ -331,6 +480,8 @@ provider.use(async (ctx, next) => {
     const grantType = first(body.grant_type);
     if (grantType === 'client_credentials') stats.client_credentials += 1;
     if (grantType === 'authorization_code') stats.authorization_code += 1;
+    if (grantType === TOKEN_EXCHANGE) stats.token_exchange += 1;
+    if (grantType === JWT_BEARER) stats.jwt_bearer += 1;
     if (grantType === 'refresh_token') {
       stats.refresh_token += 1;
       const value = first(body.refresh_token);
@@ -342,7 +493,7 @@ provider.use(async (ctx, next) => {
     let method;
     if (ctx.get('authorization')) method = 'client_secret_basic';
     else if (body.client_secret !== undefined) method = 'client_secret_post';
-    else if (first(body.client_assertion_type) === JWT_BEARER) method = 'private_key_jwt';
+    else if (first(body.client_assertion_type) === CLIENT_ASSERTION_JWT) method = 'private_key_jwt';
     if (method) stats[method] += 1;
     if (ctx.body?.error === 'invalid_grant') stats.invalid_grant += 1;
 
