@@ -423,6 +423,7 @@ mod replay;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 mod resend;
+mod revocation;
 mod service;
 mod shared;
 mod source;
@@ -439,6 +440,7 @@ pub use future::ResponseFuture;
 pub use layer::{RefreshLayer, RefreshLayerBuilder};
 pub use oauth::{ClientCredentials, RefreshTokenGrant};
 pub use persist::TokenUpdate;
+pub use revocation::{RevocationError, RevocationRequest, Revoke};
 pub use service::Refresh;
 pub use source::{BoxFuture, SourceFn, TokenRequest, TokenSource, source_fn};
 pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};

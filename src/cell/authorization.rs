@@ -54,6 +54,14 @@ impl Authorization {
         Authorization::Striped(std::iter::once(value.clone()).chain(copies).collect())
     }
 
+    /// The access token this header carries, for a sign-out's revocation: read back from
+    /// the header rather than kept beside it, so a token costs no second copy of itself.
+    pub(crate) fn access_token(&self) -> Option<crate::token::AccessToken> {
+        let value = self.get();
+        let (_scheme, token) = value.to_str().ok()?.split_once(' ')?;
+        Some(crate::token::AccessToken::new(token))
+    }
+
     /// This thread's copy.
     #[inline]
     pub(crate) fn get(&self) -> HeaderValue {

@@ -92,6 +92,26 @@ impl Endpoint {
         answered_resend_safe: bool,
     ) -> Result<TokenSet, RefreshError> {
         let url = self.checked_url()?;
+        let (head, body) = self.post_form(url, params, answered_resend_safe).await?;
+        tracing::debug!(status = head.status.as_u16(), "token endpoint answered");
+        response::token_set(
+            head.status,
+            &head.headers,
+            &body,
+            &self.rules(answered_resend_safe),
+        )
+    }
+
+    /// Posts `params` to `url` with the client's authentication, as a token request is
+    /// posted, and reads the answer within the timeout and the size cap: for the token
+    /// endpoint and for the server's other endpoints that authenticate the client (device
+    /// authorization, revocation). Check `url` with [`check_transport`] first.
+    pub(crate) async fn post_form(
+        &self,
+        url: &Url,
+        params: &[(&str, &str)],
+        answered_resend_safe: bool,
+    ) -> Result<(http::response::Parts, Bytes), RefreshError> {
         let http = self.http_client()?;
         let request = self.build(url, params)?;
         let may_resend = |error: TransientError| {
@@ -106,21 +126,21 @@ impl Endpoint {
                 .map_err(|e| e.with_resend_safe(answered_resend_safe))?;
             Ok::<_, TransientError>((head, body))
         };
-        let (head, body) = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(answer) => answer?,
-            Err(_elapsed) => {
-                return Err(TransientError::new(TransientKind::Timeout)
-                    .with_resend_safe(answered_resend_safe)
-                    .into());
-            }
-        };
-        tracing::debug!(status = head.status.as_u16(), "token endpoint answered");
-        let rules = Rules {
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => Ok(answer?),
+            Err(_elapsed) => Err(TransientError::new(TransientKind::Timeout)
+                .with_resend_safe(answered_resend_safe)
+                .into()),
+        }
+    }
+
+    /// How this endpoint's answers are classified.
+    pub(crate) fn rules(&self, answered_resend_safe: bool) -> Rules<'_> {
+        Rules {
             host: self.host(),
             reauth_codes: &self.reauth_codes,
             answered_resend_safe,
-        };
-        response::token_set(head.status, &head.headers, &body, &rules)
+        }
     }
 
     /// The token URL, once it is known to be fit for secrets.
