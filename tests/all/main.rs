@@ -2,10 +2,15 @@
 //! Time-dependent tests run on tokio's paused clock.
 
 mod alloc;
+// Device authorization and sign-out (issue 14): the grants over real HTTP.
 #[cfg(feature = "reqwest")]
 mod api_server;
 #[cfg(feature = "reqwest")]
+mod device;
+#[cfg(feature = "reqwest")]
 mod faults;
+#[cfg(feature = "reqwest")]
+mod revocation;
 // The grant tests use reqwest, the grants' default HTTP client.
 #[cfg(feature = "reqwest")]
 mod grants;
