@@ -10,6 +10,8 @@ mod device;
 #[cfg(feature = "reqwest")]
 mod faults;
 #[cfg(feature = "reqwest")]
+mod interop_device;
+#[cfg(feature = "reqwest")]
 mod revocation;
 // The grant tests use reqwest, the grants' default HTTP client.
 #[cfg(feature = "reqwest")]
