@@ -30,7 +30,7 @@ mod params;
 mod refresh_token;
 pub(crate) mod response;
 // Sign-out (RFC 7009) and the device authorization grant (RFC 8628).
-mod device;
+pub(crate) mod device;
 mod revocation;
 
 pub use authorization_code::{AuthorizationCode, AuthorizationError, PendingAuthorization};
