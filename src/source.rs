@@ -89,6 +89,9 @@ pub trait TokenSource: Send + Sync + 'static {
     /// and after every refresh that brought new tokens: after swapping the new token in and
     /// before releasing the requests that wait for it, one call at a time, in the order of
     /// the changes. An error is logged and counted; the new tokens are used all the same.
+    ///
+    /// After [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out) it receives a removal
+    /// ([`TokenUpdate::is_removal`]): delete what is stored.
     fn persist(&self, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
         let _ = update;
         Box::pin(std::future::ready(Ok(())))

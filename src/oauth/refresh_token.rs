@@ -192,6 +192,9 @@ impl RefreshTokenGrant {
     /// before the requests waiting for it are released, within the refresh's time budget.
     /// If it fails or times out, the new token is used all the same; the failure is logged
     /// and counted in [`Stats::persist_failures`](crate::Stats::persist_failures).
+    ///
+    /// After [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out), it receives a removal
+    /// ([`TokenUpdate::is_removal`]): delete the stored tokens rather than store new ones.
     pub fn persist<F, Fut, E>(mut self, hook: F) -> Self
     where
         F: Fn(TokenUpdate) -> Fut + Send + Sync + 'static,
