@@ -42,9 +42,18 @@ async fn refresh_service_debug_never_shows_the_token() {
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    /// Set on the threads of the tests that read the log: the global subscriber sees every
+    /// test's events, and keeping those of the others (the soak's minute of refreshes) grows
+    /// the process's memory under the tests that measure it.
+    static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        if CAPTURING.with(std::cell::Cell::get) {
+            self.0.lock().unwrap().extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -52,10 +61,13 @@ impl Write for Captured {
     }
 }
 
-/// Everything any test traces goes here. A global subscriber, because tracing caches each
-/// callsite's interest process-wide: a thread-local one races with the other tests' threads.
+/// What the calling test's thread traces goes here (each test runs on a thread of its own,
+/// and these on current-thread runtimes, their spawned tasks included). A global subscriber,
+/// because tracing caches each callsite's interest process-wide: a thread-local one races
+/// with the other tests' threads.
 fn trace_log() -> &'static Captured {
     static LOG: OnceLock<Captured> = OnceLock::new();
+    CAPTURING.with(|capturing| capturing.set(true));
     LOG.get_or_init(|| {
         let captured = Captured::default();
         let writer = captured.clone();
