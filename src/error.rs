@@ -33,6 +33,9 @@ pub struct ReauthRequired {
     description: Option<String>,
     uri: Option<String>,
     host: Option<String>,
+    /// Decided by the client (a sign-out), not a refusal by the server: the message must not
+    /// blame the server.
+    local: bool,
 }
 
 impl ReauthRequired {
@@ -43,6 +46,27 @@ impl ReauthRequired {
             description: None,
             uri: None,
             host: None,
+            local: false,
+        }
+    }
+
+    /// A new sign-in is needed for a reason of the client's own, not a refusal by the
+    /// server: `"signed_out"` after [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out).
+    ///
+    /// ```
+    /// use oauth_refresh::ReauthRequired;
+    ///
+    /// let err = ReauthRequired::local("signed_out").with_description("the user signed out");
+    /// assert_eq!(err.error(), "signed_out");
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "no token to use (signed_out: the user signed out); the user must sign in again"
+    /// );
+    /// ```
+    pub fn local(error: impl Into<String>) -> Self {
+        ReauthRequired {
+            local: true,
+            ..ReauthRequired::new(error)
         }
     }
 
@@ -87,6 +111,13 @@ impl ReauthRequired {
 
 impl fmt::Display for ReauthRequired {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.local {
+            write!(f, "no token to use ({}", self.error)?;
+            if let Some(description) = &self.description {
+                write!(f, ": {description}")?;
+            }
+            return f.write_str("); the user must sign in again");
+        }
         match &self.host {
             Some(host) => write!(f, "the authorization server at {host}")?,
             None => f.write_str("the authorization server")?,

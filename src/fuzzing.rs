@@ -15,7 +15,11 @@ use crate::classify::{
     Challenge, assert_well_formed, challenges, default_verdict, parse_challenges,
 };
 use crate::error::RefreshError;
-use crate::oauth::response::{Rules, exchanged_token_set, jwt_lifetime, token_set};
+use crate::oauth::device::{
+    DEFAULT_INTERVAL, MAX_DEVICE_CODE_LIFETIME, MAX_INTERVAL, MIN_INTERVAL, PollAnswer,
+    device_authorization as read_device_authorization, poll_answer,
+};
+use crate::oauth::response::{Rules, exchanged_token_set, fields, jwt_lifetime, token_set};
 use crate::token::{RefreshToken, TokenSet};
 
 type Owned = (String, Option<String>, Vec<(String, String)>);
@@ -345,4 +349,68 @@ fn check_payload(data: &[u8], now: SystemTime) {
         let token = format!("eyJhbGciOiJub25lIn0.{}.", engine.encode(data));
         assert_eq!(jwt_lifetime(&token, now), expected, "{token}");
     }
+}
+
+/// Parses the bytes after the first as a device authorization endpoint's answer (RFC 8628
+/// §3.2), and as the token endpoint's answer to a device code poll; the first byte picks the
+/// status and the content type as for [`token_response`]. Checks: an answer is read only from
+/// a success whose body has no `error`, with a device code, a user code and a verification
+/// URI, none with control characters, and its `expires_in` and `interval` within their bounds
+/// (5 s when no interval is given); `Debug` never shows the device code; the poll reader maps
+/// the RFC 8628 codes to their answers.
+pub fn device_authorization(data: &[u8]) {
+    let Some((&first, body)) = data.split_first() else {
+        return;
+    };
+    let status = StatusCode::from_u16(STATUSES[usize::from(first & 7)]).unwrap();
+    let content_type = CONTENT_TYPES[usize::from((first >> 3) & 3)];
+    let mut headers = HeaderMap::new();
+    if let Some(content_type) = content_type {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    if first & 0x20 != 0 {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+    }
+    let rules = Rules {
+        host: Some("login.example.com"),
+        reauth_codes: &[],
+        answered_resend_safe: first & 0x80 != 0,
+    };
+    let parsed = fields(&headers, body);
+    let field = |name: &str| parsed.as_ref().and_then(|f| f.get(name));
+    match read_device_authorization(status, &headers, body, &rules) {
+        Ok(answer) => {
+            assert!(status.is_success(), "{status}");
+            assert!(!field("error").is_some_and(Value::is_string));
+            let code = answer.device_code.secret();
+            assert!(!code.is_empty() && !answer.user_code.is_empty());
+            assert!(!answer.verification_uri.is_empty());
+            for shown in [&answer.user_code, &answer.verification_uri] {
+                assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            }
+            assert!(answer.expires_in <= MAX_DEVICE_CODE_LIFETIME);
+            assert!((MIN_INTERVAL..=MAX_INTERVAL).contains(&answer.interval));
+            if field("interval").is_none_or(Value::is_null) {
+                assert_eq!(answer.interval, DEFAULT_INTERVAL);
+            }
+            assert_eq!(
+                format!("{:?}", answer.device_code),
+                "DeviceCode([redacted])"
+            );
+        }
+        Err(err) => {
+            let _ = (err.to_string(), format!("{err:?}"));
+        }
+    }
+    let answer = poll_answer(status, &headers, body, &rules);
+    let code = field("error").and_then(Value::as_str);
+    let expected = match code {
+        Some("authorization_pending") => matches!(answer, PollAnswer::Pending),
+        Some("slow_down") => matches!(answer, PollAnswer::SlowDown),
+        Some("expired_token") => matches!(answer, PollAnswer::Expired),
+        Some("access_denied") => matches!(answer, PollAnswer::Denied(_)),
+        Some(_) => matches!(answer, PollAnswer::Failed(_)),
+        None => true,
+    };
+    assert!(expected, "{code:?}: {answer:?}");
 }

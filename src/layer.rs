@@ -9,6 +9,9 @@ use tower_layer::Layer;
 use crate::cell::{MAX_SPAN, Schedule, Stats, TokenCell};
 use crate::classify::ClassifyRejection;
 use crate::error::RefreshError;
+#[cfg(doc)]
+use crate::persist::TokenUpdate;
+use crate::revocation::{RevocationError, Revoke};
 use crate::service::Refresh;
 use crate::shared::{Classifier, Options, Shared};
 use crate::source::TokenSource;
@@ -211,6 +214,71 @@ impl RefreshLayer {
     /// after: at once if no refresh is running (within a tokio runtime), else when it ends.
     pub fn set_tokens(&self, tokens: TokenSet) -> Result<(), RefreshError> {
         self.shared.cell.seed(tokens)
+    }
+
+    /// Signs the user out: discards the tokens of every clone of this layer, tells the
+    /// persistence hook to remove the stored ones ([`TokenUpdate::is_removal`]), and revokes
+    /// at the server what `revoke` says ([`TokenSource::revoke`]; for a
+    /// [`RefreshTokenGrant`](crate::RefreshTokenGrant), RFC 7009 at its
+    /// [`revocation_url`](crate::RefreshTokenGrant::revocation_url)).
+    ///
+    /// From the call on, requests fail with [`ReauthRequired`](crate::ReauthRequired)
+    /// `signed_out` without a token request, [`refresh`](Self::refresh) too, until
+    /// [`set_tokens`](Self::set_tokens) installs the tokens of a new sign-in. A refresh
+    /// running meanwhile installs nothing: the sign-out waits for it and revokes the refresh
+    /// token it may have rotated to.
+    ///
+    /// If the server cannot be told (unreachable, 5xx, no revocation endpoint configured),
+    /// the tokens are gone all the same, locally and from the store, and the error says
+    /// what failed: the server may honour them until they expire. The revocation runs in a
+    /// task of its own, within the refresh timeout: a caller that gives up does not cancel
+    /// it.
+    ///
+    /// ```
+    /// use oauth_refresh::{ReauthRequired, RefreshLayer, RefreshTokenGrant, Revoke, TokenUpdate};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// # use bytes::Bytes;
+    /// # use http_body_util::{BodyExt, Full};
+    /// # use oauth_refresh::{BoxFuture, TransientError, oauth::{HttpClient, ResponseBody}};
+    /// # /// The revocation endpoint: 200 to any token, as RFC 7009 answers.
+    /// # struct Server;
+    /// # impl HttpClient for Server {
+    /// #     fn send(&self, request: http::Request<Bytes>) -> BoxFuture<'_, Result<http::Response<ResponseBody>, TransientError>> {
+    /// #         assert_eq!(request.uri().path(), "/oauth2/revoke");
+    /// #         let body = Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync();
+    /// #         Box::pin(async move { Ok(http::Response::new(body)) })
+    /// #     }
+    /// # }
+    /// # async fn delete_stored_tokens() -> std::io::Result<()> { Ok(()) }
+    /// # async fn save(_: TokenUpdate) -> std::io::Result<()> { Ok(()) }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let grant = RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", "rt-stored")
+    ///     .revocation_url("https://login.example.com/oauth2/revoke")
+    ///     .persist(|update: TokenUpdate| async move {
+    ///         match update.is_removal() {
+    ///             true => delete_stored_tokens().await,
+    ///             false => save(update).await,
+    ///         }
+    ///     })
+    /// #   .http_client(Server)
+    ///     ;
+    /// let layer = RefreshLayer::new(grant);
+    ///
+    /// layer.sign_out(Revoke::RefreshToken).await?;
+    ///
+    /// let api = tower::service_fn(|_: http::Request<String>| async {
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    /// });
+    /// let service = ServiceBuilder::new().layer(layer.clone()).service(api);
+    /// let err = service.oneshot(http::Request::new(String::new())).await.unwrap_err();
+    /// assert_eq!(err.downcast_ref::<ReauthRequired>().unwrap().error(), "signed_out");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn sign_out(&self, revoke: Revoke) -> Result<(), RevocationError> {
+        self.shared.cell.sign_out(revoke).await
     }
 
     /// Counters and state of the shared token cell.

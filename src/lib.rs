@@ -341,7 +341,17 @@
 //! The crate's grants implement [`TokenSource`] and talk to the token endpoint with their own
 //! HTTP client (reqwest by default, feature `reqwest`), never through the layer:
 //! [`ClientCredentials`], [`RefreshTokenGrant`] (with rotation and a persistence hook), and
-//! [`oauth::AuthorizationCode`] with PKCE for the first tokens. See [`oauth`].
+//! for the first tokens [`oauth::AuthorizationCode`] with PKCE or, on a device without a
+//! browser, [`oauth::DeviceAuthorization`]. See [`oauth`].
+//!
+//! # Signing out
+//!
+//! [`RefreshLayer::sign_out`] discards the tokens at once (later requests get
+//! [`ReauthRequired`] `signed_out` without a token request), tells the persistence hook to
+//! delete the stored ones ([`TokenUpdate::is_removal`]), and revokes them at the server
+//! through [`TokenSource::revoke`]: RFC 7009 at a [`RefreshTokenGrant`]'s
+//! [`revocation_url`](RefreshTokenGrant::revocation_url). A revocation that fails still signs
+//! the user out here, and returns a [`RevocationError`] saying what the server was not told.
 //!
 //! Two more grants present a token they obtain afresh for each request: [`TokenExchange`]
 //! (RFC 8693) exchanges another token, such as another layer's current one, for a token to
@@ -429,6 +439,7 @@ mod replay;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 mod resend;
+mod revocation;
 mod service;
 mod shared;
 mod source;
@@ -446,6 +457,7 @@ pub use layer::{RefreshLayer, RefreshLayerBuilder};
 pub use oauth::{ClientCredentials, RefreshTokenGrant};
 pub use oauth::{JwtBearer, TokenExchange};
 pub use persist::TokenUpdate;
+pub use revocation::{RevocationError, RevocationRequest, Revoke};
 pub use service::Refresh;
 pub use source::{BoxFuture, SourceFn, TokenRequest, TokenSource, source_fn};
 pub use token::{AccessToken, ClientSecret, RefreshToken, TokenSet};

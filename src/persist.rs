@@ -4,7 +4,8 @@ use std::time::SystemTime;
 
 use crate::token::{AccessToken, RefreshToken};
 
-/// The tokens a token cell holds after a change, as [`TokenSource::persist`] receives them.
+/// The tokens a token cell holds after a change, as [`TokenSource::persist`] receives them,
+/// or the news that they are gone ([`is_removal`](Self::is_removal)).
 ///
 /// The hook runs whenever the refresh token the cell holds changes, whatever the reason: a
 /// refresh that succeeded, an answer that failed otherwise but rotated the refresh token
@@ -33,6 +34,27 @@ use crate::token::{AccessToken, RefreshToken};
 /// assert!(!format!("{update:?}").contains("rt-2"));
 /// ```
 ///
+/// After [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out) the hook receives a
+/// removal: delete the stored tokens, rather than store new ones.
+///
+/// ```
+/// use oauth_refresh::{RefreshToken, TokenUpdate};
+///
+/// # fn delete(_: Option<&RefreshToken>) {}
+/// # fn store(_: Option<&RefreshToken>) {}
+/// fn apply(update: &TokenUpdate) {
+///     if update.is_removal() {
+///         delete(update.previous_refresh_token.as_ref()); // signed out
+///     } else {
+///         store(update.refresh_token.as_ref());
+///     }
+/// }
+///
+/// let removal = TokenUpdate::removal(Some(RefreshToken::new("rt-2")));
+/// assert!(removal.is_removal() && removal.refresh_token.is_none());
+/// apply(&removal);
+/// ```
+///
 /// [`TokenSource::persist`]: crate::TokenSource::persist
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -51,6 +73,8 @@ pub struct TokenUpdate {
     pub expires_at: Option<SystemTime>,
     /// The scope the server granted with it, if it said.
     pub scope: Option<String>,
+    /// The tokens were discarded (a sign-out): the stored ones are to be deleted.
+    removal: bool,
 }
 
 impl TokenUpdate {
@@ -62,7 +86,24 @@ impl TokenUpdate {
             access_token: None,
             expires_at: None,
             scope: None,
+            removal: false,
         }
+    }
+
+    /// The news that the cell discarded its tokens (a sign-out): delete the stored ones.
+    /// `previous` is the refresh token the cell held, the one the store should hold, for a
+    /// compare-and-delete; every other field is empty.
+    pub fn removal(previous: Option<RefreshToken>) -> Self {
+        TokenUpdate {
+            previous_refresh_token: previous,
+            removal: true,
+            ..TokenUpdate::new(None)
+        }
+    }
+
+    /// Whether this update says to delete the stored tokens rather than store new ones.
+    pub fn is_removal(&self) -> bool {
+        self.removal
     }
 
     /// Sets the refresh token replaced.

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use crate::BoxError;
 use crate::error::RefreshError;
 use crate::persist::TokenUpdate;
+use crate::revocation::{RevocationError, RevocationRequest};
 use crate::token::{RefreshToken, TokenSet};
 
 /// A boxed, `Send` future, as [`TokenSource::fetch`] returns.
@@ -88,9 +89,25 @@ pub trait TokenSource: Send + Sync + 'static {
     /// and after every refresh that brought new tokens: after swapping the new token in and
     /// before releasing the requests that wait for it, one call at a time, in the order of
     /// the changes. An error is logged and counted; the new tokens are used all the same.
+    ///
+    /// After [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out) it receives a removal
+    /// ([`TokenUpdate::is_removal`]): delete what is stored.
     fn persist(&self, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
         let _ = update;
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Revokes tokens at the server (RFC 7009), for a sign-out: called by
+    /// [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out) after the cell has discarded
+    /// them, with the ones it held. The default says this source cannot revoke
+    /// ([`RevocationError::Unsupported`]); [`RefreshTokenGrant`](crate::RefreshTokenGrant)
+    /// revokes at its [`revocation_url`](crate::RefreshTokenGrant::revocation_url).
+    ///
+    /// The cell calls it from a task of its own, with no refresh running, once per sign-out;
+    /// the tokens are gone from the cell whatever it returns.
+    fn revoke(&self, request: RevocationRequest) -> BoxFuture<'_, Result<(), RevocationError>> {
+        let _ = request;
+        Box::pin(std::future::ready(Err(RevocationError::Unsupported)))
     }
 }
 

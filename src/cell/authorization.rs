@@ -54,6 +54,19 @@ impl Authorization {
         Authorization::Striped(std::iter::once(value.clone()).chain(copies).collect())
     }
 
+    /// The access token this header carries, for code off the request path (a sign-out's
+    /// revocation, a token exchange's subject): read back from the header rather than kept
+    /// beside it, which would cost every cell of a keyed layer a second copy of its token.
+    pub(crate) fn access_token(&self) -> crate::token::AccessToken {
+        let header = self.get();
+        // Built from `Bearer <token>`, a `String`: UTF-8, and the scheme ends at the space.
+        let value = String::from_utf8_lossy(header.as_bytes());
+        let token = value
+            .split_once(' ')
+            .map_or(&*value, |(_scheme, token)| token);
+        crate::token::AccessToken::new(token)
+    }
+
     /// This thread's copy.
     #[inline]
     pub(crate) fn get(&self) -> HeaderValue {

@@ -21,6 +21,7 @@ use super::schedule::{MAX_SPAN, after};
 use super::{Authorization, Background, Outcome, Slot, Token, TokenCell};
 use crate::error::{ConfigurationError, RefreshError, TransientError, TransientKind};
 use crate::persist::TokenUpdate;
+use crate::revocation::{RevocationError, RevocationRequest};
 use crate::source::TokenRequest;
 use crate::token::{AccessToken, RefreshToken, TokenSet};
 
@@ -35,6 +36,17 @@ pub(super) enum Work {
     /// Only hand a change to the persistence hook: tokens were installed by hand. It goes
     /// through the slot so that the hook sees changes in the order they happened.
     Persist,
+    /// A sign-out: take the refresh token out, hand the removal to the persistence hook,
+    /// then ask the source to revoke what was held. Holding the slot, it runs after any
+    /// refresh and before the next.
+    SignOut,
+}
+
+/// What a sign-out flight revokes besides the refresh token, and where its result goes.
+pub(super) struct Revocation {
+    /// The access token the cell held when it signed out, if asked to revoke it.
+    pub(super) access_token: Option<AccessToken>,
+    pub(super) done: tokio::sync::oneshot::Sender<Result<(), RevocationError>>,
 }
 
 /// Waits for a refresh's outcome. Dropping this future does not cancel the refresh.
@@ -56,6 +68,12 @@ pub(super) struct Launch {
 }
 
 impl Launch {
+    /// Gives a sign-out flight what it revokes and where it reports.
+    pub(super) fn with_revocation(mut self, revocation: Option<Revocation>) -> Self {
+        self.guard.revocation = revocation;
+        self
+    }
+
     /// Spawns the flight as a detached task. A runtime that is shutting down drops it at
     /// once; its guard then tells the waiters so.
     pub(super) fn spawn(self) {
@@ -92,6 +110,7 @@ impl TokenCell {
             started_at_generation: slot.last_generation,
             presented: None,
             settled: None,
+            revocation: None,
         };
         let launch = Launch {
             runtime,
@@ -185,6 +204,14 @@ impl TokenCell {
             update
         };
 
+        if installed_by_hand && slot.signed_out {
+            // Signed out while this refresh ran: nothing is installed. A refresh token it
+            // brought stays in the slot, for the sign-out to revoke and remove.
+            if refresh_token_changed {
+                slot.record(only_the_refresh_token(slot));
+            }
+            return Err(self.signed_out_error());
+        }
         if installed_by_hand && let Some(installed) = self.snapshot.load().token.clone() {
             // They win over whatever the older grant returned, and its failure says nothing
             // about them.
@@ -276,6 +303,50 @@ impl TokenCell {
         );
     }
 
+    /// A sign-out flight's work: unless new tokens came since the sign-out, takes the
+    /// refresh token out of the slot, hands the removal to the persistence hook, then asks
+    /// the source to revoke, within the refresh's time budget.
+    async fn revoke(&self, revocation: Option<&Revocation>) -> Result<(), RevocationError> {
+        let refresh_token = {
+            let mut slot = self.lock_slot();
+            if !slot.signed_out {
+                // Signed in again before this ran: the new tokens stay.
+                return Ok(());
+            }
+            let refresh_token = slot.refresh_token.take();
+            slot.record(TokenUpdate::removal(refresh_token.clone()));
+            refresh_token
+        };
+        // Removed from the store first: the user is signed out here even if the server
+        // cannot be told.
+        self.persist_queued().await;
+        let request = RevocationRequest::new(
+            refresh_token,
+            revocation.and_then(|r| r.access_token.clone()),
+        );
+        if request.refresh_token.is_none() && request.access_token.is_none() {
+            return Ok(());
+        }
+        let budget = self.schedule.refresh_timeout;
+        let revoked = tokio::time::timeout(budget, unwind_safe(self.source.revoke(request)));
+        let result = match revoked.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(Panicked)) => {
+                Err(RefreshError::from(TransientError::new(TransientKind::Aborted)).into())
+            }
+            Err(_elapsed) => {
+                Err(RefreshError::from(TransientError::new(TransientKind::Timeout)).into())
+            }
+        };
+        match &result {
+            Ok(()) => tracing::info!("signed out; the tokens were revoked at the server"),
+            Err(error) => {
+                tracing::warn!(%error, "signed out; the server did not confirm the revocation")
+            }
+        }
+        result
+    }
+
     /// Turns a token set into the cell's next token (the refresh token is the caller's to
     /// keep). Lifetimes are cut to [`MAX_SPAN`]: no number a server sends can overflow.
     fn install(&self, slot: &mut Slot, set: &TokenSet, sent_at: Instant) -> Outcome {
@@ -310,6 +381,7 @@ impl TokenCell {
             slot.refresh_token = Some(refresh_token);
         }
         slot.clear_failures();
+        slot.signed_out = false;
         self.update_snapshot(|s| {
             s.token = Some(token);
             if !matches!(s.background, Background::Running) {
@@ -401,6 +473,9 @@ struct FlightGuard {
     presented: Option<RefreshToken>,
     /// The outcome, once settled: a guard dropped after this only releases.
     settled: Option<Outcome>,
+    /// A sign-out's: what it revokes, and where its result goes. Dropped unsent if the task
+    /// dies first; the caller then hears that no runtime ran it.
+    revocation: Option<Revocation>,
 }
 
 impl FlightGuard {
@@ -466,11 +541,22 @@ impl FlightGuard {
                 outcome
             }
             Work::Persist => current_token(&cell),
+            Work::SignOut => {
+                let revocation = self.revocation.take();
+                let result = cell
+                    .revoke(revocation.as_ref())
+                    .instrument(span.clone())
+                    .await;
+                if let Some(revocation) = revocation {
+                    drop(revocation.done.send(result));
+                }
+                Err(cell.signed_out_error())
+            }
         };
         self.settled = Some(outcome);
         cell.persist_queued().instrument(span.clone()).await;
         let outcome = self.finish();
-        if let Work::Persist = self.work {
+        if let Work::Persist | Work::SignOut = self.work {
             return;
         }
         let _entered = span.enter();
@@ -507,6 +593,7 @@ impl FlightGuard {
                     Err(shut_down()),
                 ),
                 Work::Persist => current_token(&cell),
+                Work::SignOut => Err(cell.signed_out_error()),
             },
         };
         cell.release(&mut slot, self.work, &outcome);

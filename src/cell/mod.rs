@@ -19,13 +19,14 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio::time::Instant;
 
-use crate::error::{RefreshError, RefreshErrorKind};
+use crate::error::{ReauthRequired, RefreshError, RefreshErrorKind};
 use crate::persist::TokenUpdate;
+use crate::revocation::{RevocationError, Revoke};
 use crate::source::TokenSource;
 use crate::token::{AccessToken, RefreshToken};
 
 pub(crate) use authorization::{Authorization, Copies};
-use flight::{Flight, Launch, Work};
+use flight::{Flight, Launch, Revocation, Work};
 pub(crate) use schedule::{MAX_SPAN, Schedule};
 
 /// The outcome of one refresh, as every waiter receives it.
@@ -69,17 +70,9 @@ pub(crate) enum Phase {
 }
 
 impl Token {
-    /// The token itself, read back from its header: for code that sends it otherwise (a
-    /// token exchange's subject token), off the request path. Not kept beside the header,
-    /// which would cost every cell of a keyed layer a second copy of its token.
+    /// The token itself, read back from its header (see [`Authorization::access_token`]).
     pub(crate) fn access_token(&self) -> AccessToken {
-        let header = self.header.get();
-        // Built from `Bearer <token>`, a `String`: UTF-8, and the scheme ends at the space.
-        let value = String::from_utf8_lossy(header.as_bytes());
-        let token = value
-            .split_once(' ')
-            .map_or(&*value, |(_scheme, token)| token);
-        AccessToken::new(token)
+        self.header.access_token()
     }
 
     #[inline]
@@ -146,6 +139,9 @@ struct Slot {
     /// The last change handed to the hook was not stored (the hook failed): the store holds
     /// older tokens than this cell.
     unstored: bool,
+    /// Signed out, and no tokens installed since: no request gets a token, no refresh starts,
+    /// and a refresh that was running when it happened installs nothing.
+    signed_out: bool,
 }
 
 impl Slot {
@@ -526,6 +522,8 @@ impl TokenCell {
             let mut slot = self.lock_slot();
             match &slot.flight {
                 Some(flight) => Plan::Wait(flight.clone()),
+                // Only new tokens end a sign-out: a refresh must not bring the user back.
+                None if slot.signed_out => Plan::Fail(self.signed_out_error()),
                 None => self.start(&mut slot, None, "manual"),
             }
         };
@@ -569,6 +567,71 @@ impl TokenCell {
             Phase::Expired => return None,
         }
         Some(token.clone())
+    }
+
+    /// Signs out: discards the tokens at once, so that from now on no request gets one and
+    /// none starts a refresh (they get [`ReauthRequired`] `signed_out`), then, in a flight of
+    /// its own once any running refresh has ended, hands the removal to the persistence hook
+    /// and asks the source to revoke what the cell held: the refresh token (a rotated one,
+    /// if the running refresh brought one: the generation moved, so it installs nothing but
+    /// leaves its refresh token to be revoked), and the access token if asked.
+    ///
+    /// If tokens are installed ([`seed`](Self::seed)) before that flight runs, the user
+    /// signed in again: it then discards and revokes nothing more.
+    pub(crate) async fn sign_out(self: &Arc<Self>, revoke: Revoke) -> Result<(), RevocationError> {
+        let access_token = {
+            let mut slot = self.lock_slot();
+            let access_token = self
+                .snapshot
+                .load()
+                .token
+                .as_ref()
+                .map(|token| token.header.access_token());
+            slot.signed_out = true;
+            // A refresh running now sees the generation move: it installs nothing.
+            slot.last_generation += 1;
+            slot.last_error = Some(self.signed_out_error());
+            self.update_snapshot(|s| {
+                s.token = None;
+                s.background = Background::Blocked;
+            });
+            access_token
+        };
+        let access_token = match revoke {
+            Revoke::AllTokens => access_token,
+            _ => None,
+        };
+        let (done, revoked) = tokio::sync::oneshot::channel();
+        let mut revocation = Some(Revocation { access_token, done });
+        loop {
+            let step = {
+                let mut slot = self.lock_slot();
+                match &slot.flight {
+                    Some(flight) => Err(flight.clone()),
+                    None => match self.register(&mut slot, Work::SignOut, None, "sign_out") {
+                        Ok((_, launch)) => Ok(launch),
+                        Err(_no_runtime) => return Err(RevocationError::NoRuntime),
+                    },
+                }
+            };
+            match step {
+                // The running refresh (or persistence) first: its outcome is settled, its
+                // refresh token left in the slot for the revocation.
+                Err(flight) => drop(flight::wait(flight).await),
+                Ok(launch) => {
+                    launch.with_revocation(revocation.take()).spawn();
+                    break;
+                }
+            }
+        }
+        revoked.await.unwrap_or(Err(RevocationError::NoRuntime))
+    }
+
+    /// What requests get after a sign-out.
+    fn signed_out_error(&self) -> RefreshError {
+        ReauthRequired::local("signed_out")
+            .with_description("the application signed the user out")
+            .into()
     }
 
     /// Marks the current token rejected: the next request waits for a refresh.
@@ -669,6 +732,12 @@ pub struct Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_gives_its_access_token_back() {
+        let header = Authorization::new(HeaderValue::from_static("Bearer at-1"));
+        assert_eq!(header.access_token().secret(), "at-1");
+    }
 
     #[test]
     fn token_debug_hides_the_header() {

@@ -9,6 +9,7 @@ use crate::BoxError;
 use crate::error::RefreshError;
 use crate::oauth::{ClientCredentials, TokenParams};
 use crate::persist::TokenUpdate;
+use crate::revocation::{RevocationError, RevocationRequest};
 use crate::source::{BoxFuture, TokenRequest, TokenSource};
 use crate::token::{RefreshToken, TokenSet};
 
@@ -116,6 +117,10 @@ impl<K: Send + Sync + 'static> TokenSource for KeyedSource<K> {
             let keyed = keyed.await;
             own.and(keyed)
         })
+    }
+
+    fn revoke(&self, request: RevocationRequest) -> BoxFuture<'_, Result<(), RevocationError>> {
+        self.source.revoke(request)
     }
 }
 

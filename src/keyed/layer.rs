@@ -14,6 +14,7 @@ use super::service::KeyedRefresh;
 use crate::cell::{MAX_SPAN, Schedule, Stats, TokenCell};
 use crate::classify::ClassifyRejection;
 use crate::error::RefreshError;
+use crate::revocation::{RevocationError, Revoke};
 use crate::shared::{Classifier, Options};
 
 /// Keeps a token fresh per key (a user, a tenant, an audience) for the requests of the
@@ -180,6 +181,38 @@ where
         }
     }
 
+    /// Signs `key`'s user out, as [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out)
+    /// does for a layer's one token: its tokens are discarded, the removal goes to the
+    /// source's and the factory's persistence hooks, and the source revokes them at the
+    /// server. A key without a cell gets one from the factory first, so that the stored
+    /// refresh token is revoked too.
+    ///
+    /// The key's cell stays, signed out: its requests get
+    /// [`ReauthRequired`](crate::ReauthRequired) `signed_out` without a token request until it
+    /// is evicted or [`remove`](Self::remove)d; the factory then decides what the key's next
+    /// request gets (the stored tokens are gone, so most factories answer "unknown key").
+    ///
+    /// ```
+    /// use oauth_refresh::keyed::{KeyedRefreshError, KeyedRefreshLayer, factory_fn};
+    /// use oauth_refresh::{RefreshTokenGrant, RevocationError, Revoke, TokenSource};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = KeyedRefreshLayer::new(factory_fn(|user: String| async move {
+    ///     let grant = RefreshTokenGrant::new("https://login.example.com/token", "web-app", format!("rt-of-{user}"));
+    ///     Ok(Some(Box::new(grant) as Box<dyn TokenSource>))
+    /// }));
+    /// // This grant has no revocation URL: the tokens are discarded here only, and the error
+    /// // says the server was not told.
+    /// let err = layer.sign_out(&"alice".to_owned(), Revoke::RefreshToken).await.unwrap_err();
+    /// assert!(matches!(err, KeyedRefreshError::Revocation(RevocationError::Failed(_))));
+    /// # }
+    /// ```
+    pub async fn sign_out(&self, key: &K, revoke: Revoke) -> Result<(), KeyedRefreshError> {
+        let cell = self.cells.resolve(key).await?;
+        Ok(cell.sign_out(revoke).await?)
+    }
+
     /// Counters and state of `key`'s cell, if it has one.
     pub fn stats(&self, key: &K) -> Option<Stats> {
         self.cells.existing(key).as_deref().map(TokenCell::stats)
@@ -198,14 +231,18 @@ where
     }
 }
 
-/// A keyed layer's [`refresh`](KeyedRefreshLayer::refresh) failed: the key's cell could not be
-/// made, or its refresh failed.
+/// A keyed layer's [`refresh`](KeyedRefreshLayer::refresh) or
+/// [`sign_out`](KeyedRefreshLayer::sign_out) failed: the key's cell could not be made, or its
+/// refresh or revocation failed.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum KeyedRefreshError {
     /// No cell for the key: see [`KeyError`](super::KeyError).
     Key(super::KeyError),
     /// The key's refresh failed.
     Refresh(RefreshError),
+    /// The key's tokens were discarded, but not revoked at the server.
+    Revocation(RevocationError),
 }
 
 impl fmt::Display for KeyedRefreshError {
@@ -213,6 +250,7 @@ impl fmt::Display for KeyedRefreshError {
         match self {
             KeyedRefreshError::Key(error) => fmt::Display::fmt(error, f),
             KeyedRefreshError::Refresh(error) => fmt::Display::fmt(error, f),
+            KeyedRefreshError::Revocation(error) => fmt::Display::fmt(error, f),
         }
     }
 }
@@ -224,6 +262,7 @@ impl std::error::Error for KeyedRefreshError {
         match self {
             KeyedRefreshError::Key(error) => std::error::Error::source(error),
             KeyedRefreshError::Refresh(error) => std::error::Error::source(error),
+            KeyedRefreshError::Revocation(error) => std::error::Error::source(error),
         }
     }
 }
@@ -231,6 +270,12 @@ impl std::error::Error for KeyedRefreshError {
 impl From<super::KeyError> for KeyedRefreshError {
     fn from(error: super::KeyError) -> Self {
         KeyedRefreshError::Key(error)
+    }
+}
+
+impl From<RevocationError> for KeyedRefreshError {
+    fn from(error: RevocationError) -> Self {
+        KeyedRefreshError::Revocation(error)
     }
 }
 

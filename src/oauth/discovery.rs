@@ -36,8 +36,13 @@ pub struct ServerMetadata {
     pub token_endpoint: String,
     /// Where users sign in, for the authorization code grant.
     pub authorization_endpoint: Option<String>,
-    /// Where tokens are revoked (RFC 7009), if the server has one.
+    /// Where tokens are revoked (RFC 7009), if the server has one: give it to
+    /// [`RefreshTokenGrant::revocation_url`](crate::RefreshTokenGrant::revocation_url), or
+    /// build the grant with [`RefreshTokenGrant::from_metadata`](crate::RefreshTokenGrant::from_metadata).
     pub revocation_endpoint: Option<String>,
+    /// Where a device without a browser starts a sign-in (RFC 8628), if the server has one:
+    /// see [`DeviceAuthorization::from_metadata`](super::DeviceAuthorization::from_metadata).
+    pub device_authorization_endpoint: Option<String>,
     /// The PKCE methods the server supports; empty if it did not say.
     pub code_challenge_methods_supported: Vec<String>,
     /// The grant types the server supports; empty if it did not say.
@@ -164,6 +169,7 @@ fn metadata(issuer: &str, body: &[u8]) -> Result<ServerMetadata, RefreshError> {
         token_endpoint,
         authorization_endpoint: string("authorization_endpoint"),
         revocation_endpoint: string("revocation_endpoint"),
+        device_authorization_endpoint: string("device_authorization_endpoint"),
         code_challenge_methods_supported: list("code_challenge_methods_supported"),
         grant_types_supported: list("grant_types_supported"),
     })
@@ -238,5 +244,23 @@ mod tests {
         let found = metadata("https://login.example.com", body).unwrap();
         assert_eq!(found.token_endpoint, "https://login.example.com/token");
         assert_eq!(found.code_challenge_methods_supported, ["S256"]);
+        assert_eq!(found.revocation_endpoint, None);
+        assert_eq!(found.device_authorization_endpoint, None);
+    }
+
+    #[test]
+    fn the_revocation_and_device_endpoints_are_found() {
+        let body = br#"{"issuer":"https://login.example.com","token_endpoint":"https://login.example.com/token",
+            "revocation_endpoint":"https://login.example.com/revoke",
+            "device_authorization_endpoint":"https://login.example.com/device/auth"}"#;
+        let found = metadata("https://login.example.com", body).unwrap();
+        assert_eq!(
+            found.revocation_endpoint.as_deref(),
+            Some("https://login.example.com/revoke")
+        );
+        assert_eq!(
+            found.device_authorization_endpoint.as_deref(),
+            Some("https://login.example.com/device/auth")
+        );
     }
 }

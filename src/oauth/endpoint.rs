@@ -140,7 +140,8 @@ impl Endpoint {
         )
     }
 
-    fn rules(&self, answered_resend_safe: bool) -> Rules<'_> {
+    /// How this endpoint's answers are classified.
+    pub(crate) fn rules(&self, answered_resend_safe: bool) -> Rules<'_> {
         Rules {
             host: self.host(),
             reauth_codes: &self.reauth_codes,
@@ -155,6 +156,21 @@ impl Endpoint {
         answered_resend_safe: bool,
     ) -> Result<(http::response::Parts, Bytes), RefreshError> {
         let url = self.checked_url()?;
+        let (head, body) = self.post_form(url, params, answered_resend_safe).await?;
+        tracing::debug!(status = head.status.as_u16(), "token endpoint answered");
+        Ok((head, body))
+    }
+
+    /// Posts `params` to `url` with the client's authentication, as a token request is
+    /// posted, and reads the answer within the timeout and the size cap: for the token
+    /// endpoint and for the server's other endpoints that authenticate the client (device
+    /// authorization, revocation). Check `url` with [`check_transport`] first.
+    pub(crate) async fn post_form(
+        &self,
+        url: &Url,
+        params: &[(&str, &str)],
+        answered_resend_safe: bool,
+    ) -> Result<(http::response::Parts, Bytes), RefreshError> {
         let http = self.http_client()?;
         // Built per attempt: an assertion is signed anew for each, so no `jti` is sent twice.
         let request = match tokio::time::timeout(self.timeout, self.build(url, params)).await {
@@ -178,16 +194,12 @@ impl Endpoint {
                 .map_err(|e| e.with_resend_safe(answered_resend_safe))?;
             Ok::<_, TransientError>((head, body))
         };
-        let (head, body) = match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(answer) => answer?,
-            Err(_elapsed) => {
-                return Err(TransientError::new(TransientKind::Timeout)
-                    .with_resend_safe(answered_resend_safe)
-                    .into());
-            }
-        };
-        tracing::debug!(status = head.status.as_u16(), "token endpoint answered");
-        Ok((head, body))
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(answer) => Ok(answer?),
+            Err(_elapsed) => Err(TransientError::new(TransientKind::Timeout)
+                .with_resend_safe(answered_resend_safe)
+                .into()),
+        }
     }
 
     /// The token URL, once it is known to be fit for secrets.

@@ -4,6 +4,11 @@
 //! - [`RefreshTokenGrant`]: a user's token, kept alive with a refresh
 //!   token that the server may rotate; a persistence hook stores each new one.
 //! - [`AuthorizationCode`]: the first tokens, through a browser sign-in with PKCE.
+//! - [`DeviceAuthorization`]: the first tokens on a device without a browser (RFC 8628),
+//!   the user signing in on another device.
+//! - Revocation (RFC 7009) at sign-out: [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out)
+//!   revokes at a [`RefreshTokenGrant`]'s
+//!   [`revocation_url`](RefreshTokenGrant::revocation_url).
 //! - [`ServerMetadata::discover`]: the endpoints, from the issuer's URL.
 //! - [`ClientAuth`]: how the client authenticates, for every grant: its secret, a JWT it
 //!   signs ([`PrivateKeyJwt`] with a [`JwsSigner`]: a built-in ES256 or RS256 key with
@@ -39,10 +44,14 @@ mod signer;
 mod jwt_bearer;
 mod supply;
 mod token_exchange;
+// Sign-out (RFC 7009) and the device authorization grant (RFC 8628).
+pub(crate) mod device;
+mod revocation;
 
 pub use assertion::{ClientAssertion, PrivateKeyJwt};
 pub use authorization_code::{AuthorizationCode, AuthorizationError, PendingAuthorization};
 pub use client_credentials::ClientCredentials;
+pub use device::{DeviceAuthorization, DeviceAuthorizationError, PendingDeviceAuthorization};
 pub use discovery::ServerMetadata;
 pub use endpoint::ClientAuth;
 pub use http::{HttpClient, ResponseBody};

@@ -7,14 +7,18 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::endpoint::Endpoint;
+use super::discovery::ServerMetadata;
+use super::endpoint::{Endpoint, UrlForDebug};
+use super::revocation::{self, RevocationUrl};
 use crate::BoxError;
 use crate::error::{ReauthRequired, RefreshError};
 use crate::persist::TokenUpdate;
+use crate::revocation::{RevocationError, RevocationRequest};
 use crate::source::{BoxFuture, TokenRequest, TokenSource};
 use crate::token::{AccessToken, ClientSecret, RefreshToken, TokenSet};
 
-type PersistHook = dyn Fn(TokenUpdate) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync;
+pub(crate) type PersistHook =
+    dyn Fn(TokenUpdate) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync;
 
 /// Keeps a user's access token alive with a refresh token (`grant_type=refresh_token`).
 ///
@@ -44,6 +48,7 @@ pub struct RefreshTokenGrant {
     scopes: Vec<String>,
     initial: Option<(TokenSet, Instant)>,
     persist: Option<Arc<PersistHook>>,
+    revocation_url: RevocationUrl,
 }
 
 impl RefreshTokenGrant {
@@ -72,7 +77,66 @@ impl RefreshTokenGrant {
             scopes: Vec::new(),
             initial,
             persist: None,
+            revocation_url: None,
         }
+    }
+
+    /// A grant at the endpoints of `metadata` (from [`ServerMetadata::discover`]): its token
+    /// endpoint, and its revocation endpoint if it has one, for
+    /// [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out).
+    ///
+    /// ```
+    /// use oauth_refresh::RefreshTokenGrant;
+    /// use oauth_refresh::oauth::ServerMetadata;
+    ///
+    /// # async fn run() -> Result<(), oauth_refresh::RefreshError> {
+    /// let metadata = ServerMetadata::discover("https://login.example.com").await?;
+    /// let grant = RefreshTokenGrant::from_metadata(&metadata, "my-app", "rt-stored");
+    /// # drop(grant);
+    /// # Ok(())
+    /// # }
+    /// # drop(run());
+    /// ```
+    pub fn from_metadata(
+        metadata: &ServerMetadata,
+        client_id: impl Into<String>,
+        refresh_token: impl Into<RefreshToken>,
+    ) -> Self {
+        let grant = Self::new(&metadata.token_endpoint, client_id, refresh_token);
+        match &metadata.revocation_endpoint {
+            Some(url) => grant.revocation_url(url),
+            None => grant,
+        }
+    }
+
+    /// The server's revocation endpoint (RFC 7009, `revocation_endpoint` in its metadata),
+    /// where [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out) revokes the tokens.
+    /// Without it, a sign-out discards them locally and reports that the server was not
+    /// told. The client authenticates there as at the token endpoint.
+    ///
+    /// ```
+    /// use oauth_refresh::RefreshTokenGrant;
+    ///
+    /// let grant = RefreshTokenGrant::new("https://login.example.com/oauth2/token", "my-app", "rt-stored")
+    ///     .revocation_url("https://login.example.com/oauth2/revoke");
+    /// assert!(format!("{grant:?}").contains("/oauth2/revoke"));
+    /// ```
+    pub fn revocation_url(mut self, url: impl AsRef<str>) -> Self {
+        self.revocation_url = revocation::parse(url.as_ref());
+        self
+    }
+
+    /// Sets the revocation URL a sign-in flow found (device authorization, discovery).
+    pub(crate) fn with_revocation_url(mut self, url: RevocationUrl) -> Self {
+        self.revocation_url = url;
+        self
+    }
+
+    /// Sets a persistence hook already made (one a sign-in flow called with the first
+    /// tokens).
+    pub(crate) fn with_persist_hook(mut self, hook: Option<Arc<PersistHook>>) -> Self {
+        self.persist = hook;
+        self
     }
 
     /// The client secret of a confidential client.
@@ -128,6 +192,9 @@ impl RefreshTokenGrant {
     /// before the requests waiting for it are released, within the refresh's time budget.
     /// If it fails or times out, the new token is used all the same; the failure is logged
     /// and counted in [`Stats::persist_failures`](crate::Stats::persist_failures).
+    ///
+    /// After [`RefreshLayer::sign_out`](crate::RefreshLayer::sign_out), it receives a removal
+    /// ([`TokenUpdate::is_removal`]): delete the stored tokens rather than store new ones.
     pub fn persist<F, Fut, E>(mut self, hook: F) -> Self
     where
         F: Fn(TokenUpdate) -> Fut + Send + Sync + 'static,
@@ -200,6 +267,14 @@ impl TokenSource for RefreshTokenGrant {
             None => Box::pin(async { Ok(()) }),
         }
     }
+
+    fn revoke(&self, request: RevocationRequest) -> BoxFuture<'_, Result<(), RevocationError>> {
+        Box::pin(revocation::revoke(
+            &self.endpoint,
+            &self.revocation_url,
+            request,
+        ))
+    }
 }
 
 impl fmt::Debug for RefreshTokenGrant {
@@ -209,6 +284,10 @@ impl fmt::Debug for RefreshTokenGrant {
             .field("refresh_token", &self.refresh_token)
             .field("scopes", &self.scopes)
             .field("persist", &self.persist.is_some())
+            .field(
+                "revocation_url",
+                &self.revocation_url.as_ref().map(UrlForDebug),
+            )
             .finish_non_exhaustive()
     }
 }

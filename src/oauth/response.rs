@@ -215,7 +215,7 @@ fn exchanged_type(
 
 /// The body's fields: a JSON object whatever the content type claims, or a form-encoded body
 /// (some older servers answer so).
-fn fields(headers: &HeaderMap, body: &[u8]) -> Option<Map<String, Value>> {
+pub(crate) fn fields(headers: &HeaderMap, body: &[u8]) -> Option<Map<String, Value>> {
     if let Ok(Value::Object(fields)) = serde_json::from_slice(body) {
         return Some(fields);
     }
@@ -230,7 +230,7 @@ fn fields(headers: &HeaderMap, body: &[u8]) -> Option<Map<String, Value>> {
     })
 }
 
-fn string(fields: &Map<String, Value>, name: &str) -> Option<String> {
+pub(crate) fn string(fields: &Map<String, Value>, name: &str) -> Option<String> {
     match fields.get(name) {
         Some(Value::String(value)) if !value.is_empty() => Some(value.clone()),
         _ => None,
@@ -240,7 +240,7 @@ fn string(fields: &Map<String, Value>, name: &str) -> Option<String> {
 /// `expires_in` as a JSON number or a string of digits, cut to [`MAX_LIFETIME`]: a number
 /// too large for any clock (`u64::MAX`, `1e300`, twenty nines) is survivable, never an
 /// overflow later on.
-fn lifetime(value: &Value) -> Option<Duration> {
+pub(crate) fn lifetime(value: &Value) -> Option<Duration> {
     let seconds = match value {
         Value::Number(n) => n.as_u64().or_else(|| {
             n.as_f64()
@@ -404,7 +404,7 @@ fn describe_body(headers: &HeaderMap, length: usize, parsed: bool) -> String {
 }
 
 /// A server-supplied string fit for an error message: printable ASCII, at most `max` chars.
-fn printable(value: &str, max: usize) -> String {
+pub(crate) fn printable(value: &str, max: usize) -> String {
     value
         .chars()
         .filter(|c| c.is_ascii() && !c.is_ascii_control())

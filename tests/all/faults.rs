@@ -854,3 +854,250 @@ fn print_table(reports: &[Report]) {
         REFRESH_BYTES >> 10,
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The device authorization grant (RFC 8628): the same faults at the device authorization
+// endpoint, and at the token endpoint while the device polls. On the paused clock, row after
+// row: timeouts, drips and backoff take virtual time, and the poll rows end exactly at the
+// device code's expiry.
+
+mod device {
+    use std::time::Duration;
+
+    use oauth_refresh::RefreshError;
+    use oauth_refresh::oauth::{DeviceAuthorization, DeviceAuthorizationError};
+    use serde_json::json;
+    use tokio::time::Instant;
+
+    use super::{HUGE, NEXT_TOKENS, Outcome, TIMEOUT};
+    use crate::token_endpoint::{Answer, TokenEndpoint};
+
+    const DEVICE_CODE: &str = "dc-s3cr3t-fault";
+    /// The device code's lifetime in the poll rows, and the server's interval.
+    const EXPIRES_IN: u64 = 20;
+    const INTERVAL: u64 = 5;
+
+    fn healthy() -> Answer {
+        Answer::json(
+            200,
+            json!({"device_code": DEVICE_CODE, "user_code": "FAUL-TYYY",
+                "verification_uri": "https://login.example.com/device",
+                "expires_in": EXPIRES_IN, "interval": INTERVAL}),
+        )
+    }
+
+    /// How a device sign-in ended, as the table shows it.
+    #[derive(Debug, PartialEq)]
+    enum Ended {
+        /// `start()` or a poll failed with this.
+        Request(Outcome),
+        /// The codes expired; the polls had been failing with this, if anything.
+        Expired(Option<Outcome>),
+        Denied,
+        SignedIn,
+    }
+
+    impl Ended {
+        fn of(result: Result<(), DeviceAuthorizationError>) -> Ended {
+            let outcome = |error: RefreshError| Outcome::of(&Err(error));
+            match result {
+                Ok(()) => Ended::SignedIn,
+                Err(DeviceAuthorizationError::Request(error)) => Ended::Request(outcome(error)),
+                Err(DeviceAuthorizationError::Expired { last_failure }) => {
+                    Ended::Expired(last_failure.map(|error| outcome(*error)))
+                }
+                Err(DeviceAuthorizationError::AccessDenied { .. }) => Ended::Denied,
+                Err(other) => Ended::Request(Outcome::Other(other.to_string())),
+            }
+        }
+    }
+
+    /// The faults of the main matrix, with their class, and a few of the device answer's own.
+    fn faults() -> Vec<(&'static str, Option<Answer>, Outcome)> {
+        use oauth_refresh::TransientKind::*;
+        let transient = |kind| Outcome::Transient(kind, None);
+        vec![
+            ("connection refused", None, transient(Network)),
+            ("never answers", Some(Answer::hang()), transient(Timeout)),
+            (
+                "body dripped",
+                Some(Answer::drip(
+                    200,
+                    "application/json",
+                    NEXT_TOKENS,
+                    Duration::from_millis(50),
+                )),
+                transient(Timeout),
+            ),
+            (
+                "500",
+                Some(Answer::raw(500, Some("text/plain"), "oops")),
+                transient(ServerError(500)),
+            ),
+            (
+                "503, Retry-After: 2",
+                Some(Answer::raw(503, None, "").header("retry-after", "2")),
+                Outcome::Transient(ServerError(503), Some(Duration::from_secs(2))),
+            ),
+            (
+                "429",
+                Some(Answer::json(429, json!({}))),
+                transient(RateLimited),
+            ),
+            (
+                "garbage JSON",
+                Some(Answer::raw(
+                    200,
+                    Some("application/json"),
+                    r#"{"device_code":"dc",,"#,
+                )),
+                transient(InvalidResponse),
+            ),
+            (
+                "truncated",
+                Some(Answer::truncated(
+                    200,
+                    "application/json",
+                    &NEXT_TOKENS[..30],
+                    NEXT_TOKENS.len(),
+                )),
+                transient(Network),
+            ),
+            (
+                "10 MiB",
+                Some(Answer::huge(200, HUGE, true)),
+                transient(ResponseTooLarge),
+            ),
+            (
+                "HTML sign-in page",
+                Some(Answer::raw(200, Some("text/html"), "<html>sign in</html>")),
+                transient(InvalidResponse),
+            ),
+            (
+                "401 invalid_client",
+                Some(Answer::json(401, json!({"error": "invalid_client"}))),
+                Outcome::Configuration("invalid_client".into()),
+            ),
+            (
+                "200 error invalid_scope",
+                Some(Answer::json(200, json!({"error": "invalid_scope"}))),
+                Outcome::Configuration("invalid_scope".into()),
+            ),
+        ]
+    }
+
+    async fn endpoint(device: Option<Answer>, token: Option<Answer>) -> (TokenEndpoint, bool) {
+        let server = TokenEndpoint::start().await;
+        let refused = device.is_none() || token.is_none();
+        if let Some(answer) = device {
+            server.route("/device", answer);
+        }
+        if let Some(answer) = token {
+            server.route("/token", answer);
+        }
+        (server, refused)
+    }
+
+    fn sign_in(base_url: &str) -> DeviceAuthorization {
+        DeviceAuthorization::new(
+            format!("{base_url}/device"),
+            format!("{base_url}/token"),
+            "tv",
+        )
+        .timeout(TIMEOUT)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn device_authorization_faults_end_in_their_error_class() {
+        let mut table = Vec::new();
+        let mut failed = Vec::new();
+        let mut rows = faults();
+        rows.extend([
+            (
+                "200 without a device_code",
+                Some(Answer::json(
+                    200,
+                    json!({"user_code": "U", "verification_uri": "https://x/d", "expires_in": 9}),
+                )),
+                Outcome::Transient(oauth_refresh::TransientKind::InvalidResponse, None),
+            ),
+            (
+                "200 user code with an escape",
+                Some(Answer::json(
+                    200,
+                    json!({"device_code": DEVICE_CODE, "user_code": "\u{1b}[2J",
+                    "verification_uri": "https://x/d", "expires_in": 9}),
+                )),
+                Outcome::Transient(oauth_refresh::TransientKind::InvalidResponse, None),
+            ),
+        ]);
+
+        // At the device authorization endpoint: start() fails in its class within its timeout.
+        for (fault, answer, expected) in rows {
+            let (server, refused) = endpoint(answer, Some(healthy())).await;
+            let base_url = server.base_url();
+            if refused {
+                server.stop().await;
+            }
+            let started = Instant::now();
+            let ended = Ended::of(sign_in(&base_url).start().await.map(drop));
+            let took = started.elapsed();
+            let expected = Ended::Request(expected);
+            if ended != expected || took > TIMEOUT {
+                failed.push(format!(
+                    "start, {fault}: expected {expected:?}, got {ended:?} in {took:?}"
+                ));
+            }
+            table.push(format!(
+                "| start | {fault} | {ended:?} | {} ms |",
+                took.as_millis()
+            ));
+        }
+
+        // At the token endpoint while polling: failures for now are polled through with
+        // backoff until the codes expire, and end as expired with the last failure; the
+        // others end the sign-in at once.
+        for (fault, answer, outcome) in faults() {
+            let (server, refused) = endpoint(Some(healthy()), answer).await;
+            let pending = sign_in(&server.base_url()).start().await.unwrap();
+            if refused {
+                server.stop().await;
+            }
+            let started = Instant::now();
+            let ended = Ended::of(pending.poll().await.map(drop));
+            let took = started.elapsed();
+            let (expected, bound) = match outcome {
+                Outcome::Transient(..) => (
+                    Ended::Expired(Some(outcome)),
+                    Duration::from_secs(EXPIRES_IN),
+                ),
+                other => (
+                    Ended::Request(other),
+                    Duration::from_secs(INTERVAL) + TIMEOUT,
+                ),
+            };
+            let in_time = match expected {
+                Ended::Expired(_) => took == bound,
+                _ => took <= bound,
+            };
+            if ended != expected || !in_time {
+                failed.push(format!(
+                    "poll, {fault}: expected {expected:?} by {bound:?}, got {ended:?} in {took:?}"
+                ));
+            }
+            table.push(format!(
+                "| poll | {fault} | {ended:?} | {} ms |",
+                took.as_millis()
+            ));
+        }
+        println!(
+            "| phase | fault | ended | virtual time |\n|---|---|---|---|\n{}",
+            table.join("\n")
+        );
+        assert!(failed.is_empty(), "rows failed:\n{}", failed.join("\n"));
+        assert!(
+            !table.join("").contains("s3cr3t"),
+            "no device code in an outcome"
+        );
+    }
+}

@@ -2,14 +2,21 @@
 //! Time-dependent tests run on tokio's paused clock.
 
 mod alloc;
+// Device authorization and sign-out (issue 14): the grants over real HTTP.
 #[cfg(feature = "reqwest")]
 mod api_server;
 #[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
 mod client_assertion;
 #[cfg(feature = "reqwest")]
+mod device;
+#[cfg(feature = "reqwest")]
 mod exchange;
 #[cfg(feature = "reqwest")]
 mod faults;
+#[cfg(feature = "reqwest")]
+mod interop_device;
+#[cfg(feature = "reqwest")]
+mod revocation;
 // The grant tests use reqwest, the grants' default HTTP client.
 #[cfg(feature = "reqwest")]
 mod grants;

@@ -74,6 +74,10 @@ pub const EXCHANGE_ID: &str = "exchanger";
 pub const EXCHANGE_SECRET: &str = "exchanger s3cr:t+/%&=~ 0123456789abcdef";
 /// JWT bearer only; a public client (`none`): it holds no secret, its assertions vouch for it.
 pub const WORKLOAD_ID: &str = "workload";
+/// The device authorization grant (RFC 8628) and refresh token; `client_secret_basic`; scope
+/// `openid offline_access api:read api:write`. The user's part: [`OidcProvider::approve_device`].
+pub const DEVICE_ID: &str = "device";
+pub const DEVICE_SECRET: &str = "device s3cr:t+/%&=~ 0123456789abcdef";
 
 /// Scopes every client may ask for (besides `openid` and `offline_access` for [`APP_ID`]).
 pub const API_SCOPES: &str = "api:read api:write";
@@ -110,6 +114,10 @@ pub struct Stats {
     pub token_exchange: u64,
     /// JWT-bearer requests (a grant type of the test server's own).
     pub jwt_bearer: u64,
+    /// Device code polls (`grant_type=urn:ietf:params:oauth:grant-type:device_code`).
+    pub device_code: u64,
+    /// Requests to the revocation endpoint.
+    pub revocation: u64,
 }
 
 /// A running oidc-provider on `issuer` (`http://127.0.0.1:<port>`), with its own state.
@@ -253,6 +261,119 @@ impl OidcProvider {
         format!("{}/token/revocation", self.issuer)
     }
 
+    /// `{issuer}/device/auth` (RFC 8628 device authorization).
+    pub fn device_authorization_url(&self) -> String {
+        format!("{}/device/auth", self.issuer)
+    }
+
+    /// Plays the user of a device sign-in, without a browser: opens `verification_uri` with a
+    /// fresh cookie jar, submits `user_code` in the server's form, confirms it, and follows
+    /// the redirects through the headless login (which signs in `alice` and grants what was
+    /// asked) to the success page. Panics if a step answers otherwise.
+    pub async fn approve_device(&self, verification_uri: &str, user_code: &str) {
+        self.device_user(verification_uri, user_code, false).await;
+    }
+
+    /// Like [`approve_device`](Self::approve_device), but the user aborts at the
+    /// confirmation: the device's next poll gets `access_denied`.
+    pub async fn deny_device(&self, verification_uri: &str, user_code: &str) {
+        self.device_user(verification_uri, user_code, true).await;
+    }
+
+    async fn device_user(&self, verification_uri: &str, user_code: &str, abort: bool) {
+        let browser = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .expect("reqwest client");
+        let page = |response: reqwest::Response| async move {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            assert_eq!(status, StatusCode::OK, "device sign-in page: {body}");
+            body
+        };
+        let input = page(
+            browser
+                .get(verification_uri)
+                .send()
+                .await
+                .expect("GET /device"),
+        )
+        .await;
+        let form = |body: &str| {
+            let xsrf = hidden_value(body, "xsrf")
+                .unwrap_or_else(|| panic!("device sign-in: no xsrf field in {body}"));
+            let mut pairs = vec![
+                ("xsrf".to_owned(), xsrf),
+                ("user_code".to_owned(), user_code.to_owned()),
+            ];
+            if body.contains(r#"name="confirm""#) {
+                pairs.push(("confirm".to_owned(), "yes".to_owned()));
+            }
+            pairs
+        };
+        let confirm = page(
+            browser
+                .post(verification_uri)
+                .header(header::CONTENT_TYPE, FORM_TYPE)
+                .body(form_body(&form(&input)))
+                .send()
+                .await
+                .expect("POST /device with the user code"),
+        )
+        .await;
+        assert!(
+            confirm.contains(r#"name="confirm""#),
+            "device sign-in: no confirmation in {confirm}"
+        );
+        let mut pairs = form(&confirm);
+        if abort {
+            pairs.retain(|(name, _)| name != "confirm");
+            pairs.push(("abort".to_owned(), "yes".to_owned()));
+            let aborted = browser
+                .post(verification_uri)
+                .header(header::CONTENT_TYPE, FORM_TYPE)
+                .body(form_body(&pairs))
+                .send()
+                .await
+                .expect("abort");
+            // The form again, saying the sign-in was interrupted.
+            assert_eq!(aborted.status(), StatusCode::OK);
+            return;
+        }
+        let mut response = browser
+            .post(verification_uri)
+            .header(header::CONTENT_TYPE, FORM_TYPE)
+            .body(form_body(&pairs))
+            .send()
+            .await
+            .expect("POST /device with the confirmation");
+        for _ in 0..MAX_REDIRECTS {
+            if !response.status().is_redirection() {
+                break;
+            }
+            let location = response.headers()[header::LOCATION]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let url = Url::parse(verification_uri)
+                .unwrap()
+                .join(&location)
+                .unwrap();
+            response = browser
+                .get(url)
+                .send()
+                .await
+                .expect("device sign-in redirect");
+        }
+        let done = page(response).await;
+        assert!(
+            done.contains("signed in"),
+            "device sign-in did not succeed: {done}"
+        );
+    }
+
     /// A full authorization request for [`APP_ID`]: response type `code`, PKCE S256.
     pub fn app_authorization_request(
         &self,
@@ -298,6 +419,8 @@ impl OidcProvider {
             client_assertion_replayed: count("client_assertion_replayed"),
             token_exchange: count("token_exchange"),
             jwt_bearer: count("jwt_bearer"),
+            device_code: count("device_code"),
+            revocation: count("revocation"),
         }
     }
 
@@ -506,6 +629,22 @@ pub async fn authorize_headless_any(authorization_url: &str) -> String {
     );
 }
 
+const FORM_TYPE: &str = "application/x-www-form-urlencoded";
+
+fn form_body(pairs: &[(String, String)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// The `value` of the hidden input `name` in an HTML form.
+fn hidden_value(html: &str, name: &str) -> Option<String> {
+    let marker = format!(r#"name="{name}" value=""#);
+    let start = html.find(&marker)? + marker.len();
+    let end = html[start..].find('"')?;
+    Some(html[start..start + end].to_owned())
+}
+
 /// The first value of query parameter `name` in `url`, decoded.
 pub fn query_param(url: &str, name: &str) -> Option<String> {
     let url = Url::parse(url).ok()?;
@@ -609,6 +748,8 @@ mod tests {
         assert_eq!(clients["exchange"]["client_id"], EXCHANGE_ID);
         assert_eq!(clients["exchange"]["client_secret"], EXCHANGE_SECRET);
         assert_eq!(clients["jwt_bearer"]["client_id"], WORKLOAD_ID);
+        assert_eq!(clients["device"]["client_id"], DEVICE_ID);
+        assert_eq!(clients["device"]["client_secret"], DEVICE_SECRET);
         for secret in [CC_BASIC_SECRET, CC_POST_SECRET, APP_SECRET] {
             for special in [':', '+', '/', '%', '&', '=', '~', ' '] {
                 assert!(
@@ -664,6 +805,10 @@ mod tests {
         assert_eq!(
             discovery["revocation_endpoint"],
             server.revocation_url().as_str()
+        );
+        assert_eq!(
+            discovery["device_authorization_endpoint"],
+            server.device_authorization_url().as_str()
         );
         assert_eq!(server.stats().await, Stats::default());
     }

@@ -244,3 +244,63 @@ async fn client_assertions_never_show_in_logs_or_errors() {
         }
     }
 }
+
+/// The device authorization grant and sign-out: neither the device code nor a token shows in
+/// the traces, `Debug` or error messages.
+#[cfg(feature = "reqwest")]
+#[tokio::test(start_paused = true)]
+async fn device_sign_in_and_sign_out_are_traced_without_secrets() {
+    use crate::token_endpoint::{Answer, TokenEndpoint};
+    use oauth_refresh::oauth::DeviceAuthorization;
+    use oauth_refresh::{Revoke, TokenUpdate};
+    use serde_json::json;
+
+    let log = trace_log();
+    let server = TokenEndpoint::start().await;
+    server.route(
+        "/device",
+        Answer::json(
+            200,
+            json!({"device_code": "dc-d3v1ce", "user_code": "UC-1", "verification_uri": "https://x/device", "expires_in": 60}),
+        ),
+    );
+    server.push(Answer::json(400, json!({"error": "authorization_pending"})));
+    server.push(Answer::raw(503, Some("text/plain"), "dc-d3v1ce at-d3v1ce"));
+    server.push(Answer::json(
+        200,
+        json!({"access_token": "at-d3v1ce", "refresh_token": "rt-d3v1ce", "expires_in": 60}),
+    ));
+    server.route(
+        "/revoke",
+        Answer::json(
+            400,
+            json!({"error": "unsupported_token_type", "error_description": "no"}),
+        ),
+    );
+    let pending =
+        DeviceAuthorization::new(format!("{}/device", server.base_url()), server.url(), "tv")
+            .client_secret("cs-d3v1ce")
+            .revocation_url(format!("{}/revoke", server.base_url()))
+            .persist(|_: TokenUpdate| async { Err::<(), _>(std::io::Error::other("store down")) })
+            .start()
+            .await
+            .unwrap();
+    let printed = format!("{pending:?}");
+    let grant = pending.poll().await.unwrap();
+    let printed = format!("{printed} {grant:?}");
+    let layer = RefreshLayer::new(grant);
+    let err = layer.sign_out(Revoke::AllTokens).await.unwrap_err();
+    let printed = format!(
+        "{printed} {err} {err:?} {:?}",
+        std::error::Error::source(&err)
+    );
+
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("store down"),
+        "the hook failure is reported: {log}"
+    );
+    assert!(log.contains("unsupported_token_type"), "{log}");
+    assert!(!log.contains("d3v1ce"), "{log}");
+    assert!(!printed.contains("d3v1ce"), "{printed}");
+}

@@ -5,6 +5,7 @@
 //   PORT            port on 127.0.0.1 (default 0: a random free port)
 //   ACCESS_TTL      access token lifetime in seconds, for every grant (default 3)
 //   REFRESH_TTL     refresh token lifetime in seconds (default 86400)
+//   DEVICE_INTERVAL the device authorization answer's polling `interval` in seconds (default 1)
 //   EXIT_WITH_STDIN "1": exit when standard input closes (the harness sets it, so a server
 //                   never outlives the test process that started it, even one killed hard)
 //
@@ -35,6 +36,8 @@ function envInt(name, fallback) {
 const PORT = envInt('PORT', 0);
 const ACCESS_TTL = envInt('ACCESS_TTL', 3);
 const REFRESH_TTL = envInt('REFRESH_TTL', 24 * 60 * 60);
+// oidc-provider names no polling interval (clients then wait 5 s); this server says this one.
+const DEVICE_INTERVAL = envInt('DEVICE_INTERVAL', 1);
 const ACCOUNT_ID = 'alice';
 
 // The clients: clients.json is the one place their ids, secrets and redirect URI live (the
@@ -137,7 +140,7 @@ class MapAdapter {
 }
 
 // Everything a grant stands behind: after revoke_all, no refresh token or code works.
-const REVOCABLE = ['RefreshToken', 'AuthorizationCode', 'AccessToken', 'ClientCredentials', 'Grant'];
+const REVOCABLE = ['RefreshToken', 'AuthorizationCode', 'AccessToken', 'ClientCredentials', 'Grant', 'DeviceCode'];
 
 function revokeAll() {
   const revoked = {};
@@ -169,6 +172,9 @@ const stats = {
   // Token exchange and JWT bearer: grant types this test server registers (below).
   token_exchange: 0,
   jwt_bearer: 0,
+  // Device authorization grant (RFC 8628) polls and revocation (RFC 7009) requests.
+  device_code: 0,
+  revocation: 0,
 };
 const presentedRefreshTokens = new Set();
 
@@ -361,6 +367,17 @@ const provider = new Provider(issuer, {
     },
     privateKeyJwtClient(CLIENTS.pkjwt_es256),
     privateKeyJwtClient(CLIENTS.pkjwt_rs256),
+    // The device authorization grant (RFC 8628): a device without a browser; the test plays
+    // the user at /device (see the README).
+    {
+      client_id: CLIENTS.device.client_id,
+      client_secret: CLIENTS.device.client_secret,
+      grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+      scope: `openid offline_access ${API_SCOPES}`,
+    },
   ],
   // Every client signs ID tokens with the one (EC) key there is.
   clientDefaults: { id_token_signed_response_alg: 'ES256' },
@@ -369,6 +386,14 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     revocation: { enabled: true },
     devInteractions: { enabled: false },
+    // Device authorization at /device/auth, the user's page at /device; plain pages, since
+    // only the test reads them.
+    deviceFlow: {
+      enabled: true,
+      userCodeInputSource: async (ctx, form) => { ctx.body = `<!DOCTYPE html><title>code</title>${form}`; },
+      userCodeConfirmSource: async (ctx, form) => { ctx.body = `<!DOCTYPE html><title>confirm</title>${form}`; },
+      successSource: async (ctx) => { ctx.body = '<!DOCTYPE html><title>signed in</title>'; },
+    },
   },
   // oidc-provider 9 requires PKCE only for public clients by default; require it always.
   pkce: { required: () => true },
@@ -482,6 +507,7 @@ provider.use(async (ctx, next) => {
     if (grantType === 'authorization_code') stats.authorization_code += 1;
     if (grantType === TOKEN_EXCHANGE) stats.token_exchange += 1;
     if (grantType === JWT_BEARER) stats.jwt_bearer += 1;
+    if (grantType === 'urn:ietf:params:oauth:grant-type:device_code') stats.device_code += 1;
     if (grantType === 'refresh_token') {
       stats.refresh_token += 1;
       const value = first(body.refresh_token);
@@ -513,6 +539,13 @@ provider.use(async (ctx, next) => {
         error_description: `client authenticated with ${method}, registered ${registered}`,
       };
     }
+    return;
+  }
+
+  if (ctx.method === 'POST' && ctx.path === '/token/revocation') stats.revocation += 1;
+  if (ctx.method === 'POST' && ctx.path === '/device/auth') {
+    await next();
+    if (ctx.status === 200 && ctx.body?.device_code) ctx.body = { ...ctx.body, interval: DEVICE_INTERVAL };
     return;
   }
 
