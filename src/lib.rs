@@ -426,6 +426,8 @@ mod resend;
 mod service;
 mod shared;
 mod source;
+#[cfg(feature = "store")]
+pub mod store;
 mod token;
 
 pub use body::RefreshBody;

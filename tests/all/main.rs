@@ -23,6 +23,8 @@ mod middleware;
 mod oidc_provider;
 mod outcomes;
 mod persistence;
+#[cfg(feature = "redis")]
+mod redis_server;
 mod refresh;
 mod rejections;
 mod request_path;
@@ -32,5 +34,7 @@ mod secrets;
 #[cfg(feature = "reqwest")]
 mod soak;
 mod stack;
+#[cfg(feature = "redis")]
+mod store;
 mod support;
 mod token_endpoint;
