@@ -15,16 +15,21 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! ```
 //! # #[cfg(feature = "redis")]
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use oauth_refresh::store::{RedisStore, TokenStore};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use oauth_refresh::store::{Keyring, RedisStore, StoreKey};
 //!
+//! // Connects lazily: nothing is sent until a refresh needs the store.
 //! let store = RedisStore::connect("redis://127.0.0.1:6379/", "billing:").await?;
-//! let entry = store.read("svc").await?;
-//! # drop(entry);
+//! // 32 bytes from the application's secret manager, with an id for rotation.
+//! let keys = Keyring::new(StoreKey::new("2026-12", &[7u8; 32])?);
+//! # drop((store, keys));
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
 //! ```
 
 #[cfg(feature = "redis")]
@@ -41,6 +46,13 @@ pub use self::redis::RedisStore;
 pub use seal::{Keyring, OpenError, StoreKey};
 
 /// A stored entry: its sealed bytes and the version that compare-and-swap writes check.
+///
+/// ```
+/// use oauth_refresh::store::Entry;
+///
+/// let entry = Entry { version: 3, value: b"sealed".to_vec() };
+/// assert_eq!(format!("{entry:?}"), "Entry { version: 3, value: [6 sealed bytes] }");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Starts at 1 and grows by one with each write.
@@ -72,6 +84,14 @@ pub enum Written {
 
 /// A random token naming one holder of a lease; a lease is released or extended only by the
 /// holder that took it.
+///
+/// ```
+/// use oauth_refresh::store::LeaseOwner;
+///
+/// let (a, b) = (LeaseOwner::random(), LeaseOwner::random());
+/// assert_ne!(a, b);
+/// assert_eq!(a.as_str().len(), 32);
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct LeaseOwner(String);
 
@@ -97,6 +117,15 @@ impl fmt::Debug for LeaseOwner {
 
 /// A store failed: unreachable, timed out, or answered what a store should not. Transient by
 /// nature: the layer keeps serving its valid token meanwhile.
+///
+/// ```
+/// use std::error::Error;
+/// use oauth_refresh::store::StoreError;
+///
+/// let error = StoreError::new("connection refused");
+/// assert_eq!(error.to_string(), "the shared token store failed");
+/// assert_eq!(error.source().unwrap().to_string(), "connection refused");
+/// ```
 #[derive(Debug)]
 pub struct StoreError {
     source: crate::BoxError,
@@ -127,6 +156,22 @@ impl std::error::Error for StoreError {
 ///
 /// Keys are strings the layer derives (one per credential, or per key of a keyed layer); the
 /// store may prefix them. Values are sealed before they reach the store.
+///
+/// ```
+/// # #[cfg(feature = "redis")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), oauth_refresh::store::StoreError> {
+/// use std::sync::Arc;
+/// use oauth_refresh::store::{RedisStore, TokenStore};
+///
+/// let store: Arc<dyn TokenStore> =
+///     Arc::new(RedisStore::connect("redis://127.0.0.1:6379/", "billing:").await?);
+/// # drop(store);
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "redis"))]
+/// # fn main() {}
+/// ```
 pub trait TokenStore: Send + Sync + 'static {
     /// The entry of `key`, if any.
     fn read<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Entry>, StoreError>>;

@@ -52,8 +52,9 @@ return 0
 /// lease, a string with an expiry) and the channel `<prefix>changed:<key>`. Commands time out
 /// after 2 s by default, so that an outage fails a refresh quickly instead of stalling it.
 ///
-/// ```no_run
-/// # async fn run() -> Result<(), oauth_refresh::store::StoreError> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), oauth_refresh::store::StoreError> {
 /// use oauth_refresh::store::RedisStore;
 ///
 /// let store = RedisStore::connect("redis://127.0.0.1:6379/", "billing:").await?;
