@@ -125,6 +125,9 @@ pub enum TransientKind {
     /// The refresh was cancelled: the tokio runtime that ran it shut down before it
     /// reported an outcome.
     RuntimeShutdown,
+    /// The shared token store failed, and the grant (one with a refresh token) does not
+    /// refresh without it: see [`SharedSource`](crate::store::SharedSource).
+    StoreUnavailable,
 }
 
 impl fmt::Display for TransientKind {
@@ -149,6 +152,9 @@ impl fmt::Display for TransientKind {
             TransientKind::RuntimeShutdown => {
                 f.write_str("the refresh was cancelled: the tokio runtime that ran it shut down")
             }
+            TransientKind::StoreUnavailable => f.write_str(
+                "the shared token store is unavailable, and this grant refreshes only through it",
+            ),
         }
     }
 }

@@ -10,8 +10,8 @@
 //! Entries are sealed with AES-256-GCM under a [`Keyring`] the application supplies, bound to
 //! the entry's key: a stored token can be neither read nor moved to another entry.
 //!
-//! This module holds the parts: the [`TokenStore`] trait that a store implements, and the
-//! sealing. (Work in progress: the source that refreshes through a store comes next.)
+//! [`SharedSource`] wraps a grant so that its refreshes go through a store; [`TokenStore`] is
+//! what a store implements; [`Keyring`] seals the entries.
 //!
 //! # Example
 //!
@@ -35,6 +35,7 @@
 #[cfg(feature = "redis")]
 mod redis;
 mod seal;
+mod shared;
 
 use std::fmt;
 use std::time::Duration;
@@ -44,6 +45,7 @@ use crate::source::BoxFuture;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use seal::{Keyring, OpenError, StoreKey};
+pub use shared::SharedSource;
 
 /// A stored entry: its sealed bytes and the version that compare-and-swap writes check.
 ///
@@ -211,9 +213,9 @@ pub trait TokenStore: Send + Sync + 'static {
         owner: &'a LeaseOwner,
     ) -> BoxFuture<'a, Result<bool, StoreError>>;
 
-    /// Waits until the entry of `key` is written with a version other than `seen`, or until
-    /// `timeout`; returns the entry then read. A notification ends the wait at once; without
-    /// one (it may be lost), the entry is read again at the timeout.
+    /// Waits until the entry of `key` is written with a version other than `seen`, its lease
+    /// is released, or `timeout` passes; returns the entry then read. A notification ends the
+    /// wait at once; without one (it may be lost), the entry is read again at the timeout.
     fn changed<'a>(
         &'a self,
         key: &'a str,

@@ -37,10 +37,13 @@ end
 return 0
 ";
 
-/// Deletes the lease if `ARGV[1]` holds it.
+/// Deletes the lease if `ARGV[1]` holds it, and tells the waiters (a refresh that failed
+/// wrote nothing, and they may take the lease now).
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', KEYS[2], 'released')
+  return 1
 end
 return 0
 ";
@@ -210,6 +213,7 @@ impl TokenStore for RedisStore {
             let mut connection = self.connection.clone();
             let released: u64 = Script::new(RELEASE)
                 .key(self.name("lease", key))
+                .key(self.name("changed", key))
                 .arg(owner.as_str())
                 .invoke_async(&mut connection)
                 .await
