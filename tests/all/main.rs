@@ -31,6 +31,8 @@ mod request_path;
 mod retry;
 mod runtime;
 mod secrets;
+#[cfg(feature = "redis")]
+mod shared_store;
 #[cfg(feature = "reqwest")]
 mod soak;
 mod stack;
