@@ -130,7 +130,10 @@ async fn token_of(layer: &RefreshLayer) -> String {
     let api = Api::open();
     layer.layer(api.clone()).oneshot(get()).await.unwrap();
     let header = api.seen().pop().flatten().expect("a token");
-    header.strip_prefix("Bearer ").expect("a bearer token").to_owned()
+    header
+        .strip_prefix("Bearer ")
+        .expect("a bearer token")
+        .to_owned()
 }
 
 #[tokio::test]
@@ -210,6 +213,42 @@ async fn replicas_never_present_a_rotated_refresh_token_twice() {
     }
     assert_eq!(rotating.reused(), 0, "a refresh token was presented twice");
     assert_eq!(rotating.requests(), 6, "one refresh per round");
+}
+
+#[tokio::test]
+async fn replicas_that_refresh_each_time_present_the_fleets_newest_refresh_token() {
+    let server = RedisServer::start();
+    let rotating = Rotating::new();
+    let mut replicas = Vec::new();
+    for _ in 0..4 {
+        // Never taking a stored token: each refresh is a token request, under the lease, and
+        // each replica's own refresh token is older than the fleet's by then.
+        let source = shared(&server, rotating.grant())
+            .await
+            .min_lifetime(2 * LIFETIME);
+        replicas.push(RefreshLayer::new(source));
+    }
+    for _ in 0..3 {
+        let refreshes: Vec<_> = replicas
+            .iter()
+            .map(|layer| {
+                let layer = layer.clone();
+                tokio::spawn(async move {
+                    layer.invalidate();
+                    layer.refresh().await
+                })
+            })
+            .collect();
+        for refresh in refreshes {
+            refresh.await.unwrap().unwrap();
+        }
+    }
+    assert_eq!(rotating.requests(), 12);
+    assert_eq!(
+        rotating.reused(),
+        0,
+        "a replica presented its own, rotated-out token"
+    );
 }
 
 #[tokio::test]
