@@ -117,12 +117,14 @@ impl TokenSource for Machine {
 }
 
 async fn replica(server: &RedisServer, source: impl TokenSource) -> RefreshLayer {
+    RefreshLayer::new(shared(server, source).await)
+}
+
+async fn shared(server: &RedisServer, source: impl TokenSource) -> SharedSource {
     let store = RedisStore::connect_with_timeout(&server.url(), "t:", Duration::from_millis(500))
         .await
         .unwrap();
-    RefreshLayer::new(
-        SharedSource::new(source, store, keyring(), "svc").lease(Duration::from_secs(5)),
-    )
+    SharedSource::new(source, store, keyring(), "svc").lease(Duration::from_secs(5))
 }
 
 /// The token a request through `layer` carries.
