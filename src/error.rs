@@ -159,6 +159,9 @@ pub enum TransientKind {
     /// The client's assertion could not be made for now (a signer that failed, an assertion
     /// file missing while it is rotated); nothing was sent to the token endpoint.
     ClientAssertion,
+    /// The shared token store failed, and the grant (one with a refresh token) does not
+    /// refresh without it: see [`SharedSource`](crate::store::SharedSource).
+    StoreUnavailable,
 }
 
 impl fmt::Display for TransientKind {
@@ -184,6 +187,9 @@ impl fmt::Display for TransientKind {
                 f.write_str("the refresh was cancelled: the tokio runtime that ran it shut down")
             }
             TransientKind::ClientAssertion => f.write_str("the client assertion could not be made"),
+            TransientKind::StoreUnavailable => f.write_str(
+                "the shared token store is unavailable, and this grant refreshes only through it",
+            ),
         }
     }
 }

@@ -38,14 +38,20 @@ mod middleware;
 mod oidc_provider;
 mod outcomes;
 mod persistence;
+#[cfg(feature = "redis")]
+mod redis_server;
 mod refresh;
 mod rejections;
 mod request_path;
 mod retry;
 mod runtime;
 mod secrets;
+#[cfg(feature = "redis")]
+mod shared_store;
 #[cfg(feature = "reqwest")]
 mod soak;
 mod stack;
+#[cfg(feature = "redis")]
+mod store;
 mod support;
 mod token_endpoint;

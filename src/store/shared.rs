@@ -1,0 +1,399 @@
+//! [`SharedSource`]: a token source that refreshes through a [`TokenStore`], so that the
+//! replicas of a service share one token and one refresh.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{Keyring, LeaseOwner, StoreError, TokenStore, Written};
+use crate::BoxError;
+use crate::error::{RefreshError, TransientError, TransientKind};
+use crate::persist::TokenUpdate;
+use crate::source::{BoxFuture, TokenRequest, TokenSource};
+use crate::token::{AccessToken, RefreshToken, TokenSet};
+
+/// The default lease: longer than the cell's default refresh timeout (30 s), as a lease must
+/// be, so that a holder's refresh ends or times out before anyone else may start one.
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// A stored token is taken only with at least this long to live (default): one about to
+/// expire is refreshed instead.
+const DEFAULT_MIN_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Wraps a [`TokenSource`] so that every refresh goes through a shared [`TokenStore`]: many
+/// replicas, one token and one refresh per lifetime.
+///
+/// A refresh first reads the shared entry: if another replica wrote tokens this one has not
+/// seen yet, with time to live, they are the answer and no token request is made. Otherwise
+/// the refresh takes the entry's lease (one replica at a time), reads once more, presents the
+/// entry's refresh token (the newest the fleet holds, so a rotating grant never sees an old
+/// one), writes the answer by compare-and-swap and releases the lease. The lease is extended
+/// while the token request runs. A replica that waits for another's lease hears of its write
+/// through the store's notification.
+///
+/// When the store fails, the policy depends on the grant:
+///
+/// - a grant without a refresh token (client credentials, JWT bearer, token exchange) asks
+///   the token endpoint itself: each replica then refreshes on its own until the store is
+///   back, which costs token requests and nothing else;
+/// - a grant with a refresh token does not refresh without the lease, since with rotation
+///   two replicas presenting one refresh token revoke the grant: the refresh fails as
+///   [`TransientKind::StoreUnavailable`], the cell keeps serving its valid token and tries
+///   again later.
+///
+/// The token cell around it stays the first level: requests read the cell, never the store.
+///
+/// ```
+/// # #[cfg(feature = "redis")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use oauth_refresh::store::{Keyring, RedisStore, SharedSource, StoreKey};
+/// use oauth_refresh::{ClientCredentials, RefreshLayer};
+///
+/// let store = RedisStore::connect("redis://127.0.0.1:6379/", "billing:").await?;
+/// let keys = Keyring::new(StoreKey::new("2026-12", &[7u8; 32])?);
+/// let grant = ClientCredentials::new("https://login.example.com/token", "billing", "s3cr3t");
+/// let layer = RefreshLayer::new(SharedSource::new(grant, store, keys, "billing-api"));
+/// # drop(layer);
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "redis"))]
+/// # fn main() {}
+/// ```
+pub struct SharedSource {
+    inner: Box<dyn TokenSource>,
+    store: Arc<dyn TokenStore>,
+    keys: Arc<Keyring>,
+    key: String,
+    lease: Duration,
+    min_lifetime: Duration,
+    /// The entry version this replica last took or wrote: an entry of that version holds the
+    /// tokens the cell has, which is why it refreshes.
+    seen: Mutex<Option<u64>>,
+}
+
+impl SharedSource {
+    /// `inner`'s refreshes shared through `store` as the entry `key`, sealed with `keys`.
+    ///
+    /// Every replica sharing the credential gives the same `key` and keyring; another
+    /// credential needs another key.
+    pub fn new(
+        inner: impl TokenSource,
+        store: impl TokenStore,
+        keys: Keyring,
+        key: impl Into<String>,
+    ) -> Self {
+        Self::from_arcs(Box::new(inner), Arc::new(store), Arc::new(keys), key.into())
+    }
+
+    /// [`new`](Self::new) with a store and keyring shared with other sources (the keyed layer's
+    /// cells share one of each).
+    pub fn from_arcs(
+        inner: Box<dyn TokenSource>,
+        store: Arc<dyn TokenStore>,
+        keys: Arc<Keyring>,
+        key: String,
+    ) -> Self {
+        SharedSource {
+            inner,
+            store,
+            keys,
+            key,
+            lease: DEFAULT_LEASE,
+            min_lifetime: DEFAULT_MIN_LIFETIME,
+            seen: Mutex::new(None),
+        }
+    }
+
+    /// How long a refresh holds the entry's lease before it runs out by itself (default 60 s).
+    /// Keep it longer than the layer's refresh timeout; it is extended while the token request
+    /// runs, and a replica that dies holding it delays the others at most this long.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// A stored token is taken only with at least this long to live (default 30 s); set it
+    /// to the layer's refresh-ahead window, so that a token taken from the store is FRESH.
+    pub fn min_lifetime(mut self, min_lifetime: Duration) -> Self {
+        self.min_lifetime = min_lifetime;
+        self
+    }
+
+    fn seen(&self) -> Option<u64> {
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn see(&self, version: u64) {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        *seen = Some(seen.map_or(version, |seen| seen.max(version)));
+    }
+
+    /// The entry now: its version and what it holds (`None` if it does not open).
+    async fn read(&self) -> Result<(Option<u64>, Option<Stored>), StoreError> {
+        let Some(entry) = self.store.read(&self.key).await? else {
+            return Ok((None, None));
+        };
+        let stored = match self.keys.open(&self.key, &entry.value) {
+            Ok(plain) => Stored::decode(&plain),
+            Err(error) => {
+                // Written over by the next refresh; its content is never shown.
+                tracing::warn!(key = %self.key, %error, "shared token entry refused");
+                None
+            }
+        };
+        Ok((Some(entry.version), stored))
+    }
+
+    async fn refresh(&self, request: TokenRequest) -> Result<TokenSet, RefreshError> {
+        loop {
+            let (version, stored) = match self.read().await {
+                Ok(read) => read,
+                Err(error) => return self.without_store(request, error).await,
+            };
+            if let (Some(version), Some(stored)) = (version, &stored)
+                && Some(version) != self.seen()
+                && let Some(tokens) = stored.usable(self.min_lifetime)
+            {
+                self.see(version);
+                tracing::debug!(key = %self.key, version, "tokens taken from the shared store");
+                return Ok(tokens);
+            }
+            let owner = LeaseOwner::random();
+            match self.store.try_lease(&self.key, &owner, self.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another replica refreshes: its write, or its lease running out.
+                    if let Err(error) = self.store.changed(&self.key, version, self.lease).await {
+                        return self.without_store(request, error).await;
+                    }
+                    continue;
+                }
+                Err(error) => return self.without_store(request, error).await,
+            }
+            let outcome = self.refresh_leased(&request, &owner, version, stored).await;
+            if let Err(error) = self.store.release_lease(&self.key, &owner).await {
+                // It runs out by itself.
+                tracing::warn!(key = %self.key, error = %error, "shared token lease not released");
+            }
+            match outcome {
+                Leased::Done(result) => return result,
+                Leased::Moved => continue,
+            }
+        }
+    }
+
+    /// The refresh under the lease, from the entry read as `version` before it was taken.
+    async fn refresh_leased(
+        &self,
+        request: &TokenRequest,
+        owner: &LeaseOwner,
+        version: Option<u64>,
+        stored: Option<Stored>,
+    ) -> Leased {
+        // Between that read and the lease, another replica may have written.
+        match self.read().await {
+            Ok((now, _)) if now != version => return Leased::Moved,
+            Ok(_) => {}
+            Err(error) => return Leased::Done(Err(unavailable(error))),
+        }
+        // The fleet's newest refresh token, else the cell's own (the first refresh).
+        let refresh_token = stored
+            .and_then(|stored| stored.refresh_token)
+            .or_else(|| request.refresh_token.clone());
+        // The lifetime counts from before the request, as the cell counts it.
+        let sent_at = SystemTime::now();
+        let fetch = self.inner.fetch(TokenRequest {
+            refresh_token: refresh_token.clone(),
+            attempt: request.attempt,
+        });
+        let result = self.extending(owner, fetch).await;
+        let written = match &result {
+            Ok(tokens) => {
+                let kept = tokens.refresh_token.clone().or(refresh_token);
+                Stored::of(tokens, kept, sent_at)
+            }
+            // A failed answer that rotated the refresh token all the same: the fleet needs it.
+            Err(RefreshError::Transient(error)) => match error.received_refresh_token() {
+                Some(rotated) => Stored::refresh_token_only(rotated.clone()),
+                None => return Leased::Done(result),
+            },
+            Err(_) => return Leased::Done(result),
+        };
+        let sealed = self.keys.seal(&self.key, &written.encode());
+        match self.store.write(&self.key, version, &sealed).await {
+            Ok(Written::Version(version)) => self.see(version),
+            Ok(Written::Conflict) => {
+                tracing::warn!(key = %self.key, "shared token entry changed under the lease")
+            }
+            // The tokens are good; the fleet's next refresh presents the older refresh token.
+            // With rotation this is what an outage at this instant can cost.
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "shared token entry not written")
+            }
+        }
+        Leased::Done(result)
+    }
+
+    /// Runs the token request, extending the lease every third of it meanwhile.
+    async fn extending<F>(&self, owner: &LeaseOwner, fetch: F) -> F::Output
+    where
+        F: Future,
+    {
+        let mut fetch = std::pin::pin!(fetch);
+        let every = self.lease / 3;
+        loop {
+            tokio::select! {
+                result = &mut fetch => return result,
+                () = tokio::time::sleep(every) => {
+                    match self.store.extend_lease(&self.key, owner, self.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!(key = %self.key, "shared token lease lost during a refresh"),
+                        Err(error) => tracing::warn!(key = %self.key, %error, "shared token lease not extended"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store failed: see the policy in the type's docs.
+    async fn without_store(
+        &self,
+        request: TokenRequest,
+        error: StoreError,
+    ) -> Result<TokenSet, RefreshError> {
+        let rotating =
+            request.refresh_token.is_some() || self.inner.initial_refresh_token().is_some();
+        if rotating {
+            return Err(unavailable(error));
+        }
+        tracing::warn!(key = %self.key, %error, "shared token store unavailable: refreshing alone");
+        self.inner.fetch(request).await
+    }
+}
+
+enum Leased {
+    Done(Result<TokenSet, RefreshError>),
+    /// Another replica wrote before the lease was taken: start over.
+    Moved,
+}
+
+fn unavailable(error: StoreError) -> RefreshError {
+    TransientError::new(TransientKind::StoreUnavailable)
+        .with_source(error)
+        .into()
+}
+
+impl TokenSource for SharedSource {
+    fn fetch(&self, request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+        Box::pin(self.refresh(request))
+    }
+
+    fn grant(&self) -> &str {
+        self.inner.grant()
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.inner.host()
+    }
+
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        self.inner.initial_refresh_token()
+    }
+
+    fn initial_tokens(&self) -> Option<TokenSet> {
+        self.inner.initial_tokens()
+    }
+
+    fn persist(&self, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
+        self.inner.persist(update)
+    }
+}
+
+impl fmt::Debug for SharedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedSource")
+            .field("key", &self.key)
+            .field("lease", &self.lease)
+            .field("min_lifetime", &self.min_lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an entry holds once opened.
+struct Stored {
+    access_token: Option<AccessToken>,
+    /// Wall-clock time, since replicas share no monotonic clock.
+    expires_at: Option<SystemTime>,
+    refresh_token: Option<RefreshToken>,
+    scope: Option<String>,
+}
+
+impl Stored {
+    fn of(tokens: &TokenSet, refresh_token: Option<RefreshToken>, sent_at: SystemTime) -> Self {
+        Stored {
+            access_token: Some(tokens.access_token.clone()),
+            expires_at: tokens
+                .expires_in
+                .map(|lifetime| lifetime.min(crate::token::MAX_LIFETIME))
+                .and_then(|lifetime| sent_at.checked_add(lifetime)),
+            refresh_token,
+            scope: tokens.scope.clone(),
+        }
+    }
+
+    fn refresh_token_only(refresh_token: RefreshToken) -> Self {
+        Stored {
+            access_token: None,
+            expires_at: None,
+            refresh_token: Some(refresh_token),
+            scope: None,
+        }
+    }
+
+    /// The tokens as a source answers them, if they have `min_lifetime` to live.
+    fn usable(&self, min_lifetime: Duration) -> Option<TokenSet> {
+        let access_token = self.access_token.clone()?;
+        // A token of unknown lifetime is not taken: nothing says it is still good.
+        let left = self.expires_at?.duration_since(SystemTime::now()).ok()?;
+        if left < min_lifetime {
+            return None;
+        }
+        let mut tokens = TokenSet::new(access_token).with_expires_in(left);
+        tokens.refresh_token = self.refresh_token.clone();
+        tokens.scope = self.scope.clone();
+        Some(tokens)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let millis = |at: SystemTime| {
+            at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            })
+        };
+        serde_json::json!({
+            "access_token": self.access_token.as_ref().map(AccessToken::secret),
+            "expires_at_ms": self.expires_at.map(millis),
+            "refresh_token": self.refresh_token.as_ref().map(RefreshToken::secret),
+            "scope": self.scope,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// `None` if it is not what [`encode`](Self::encode) writes.
+    fn decode(plain: &[u8]) -> Option<Self> {
+        let value: serde_json::Value = serde_json::from_slice(plain).ok()?;
+        let text = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        Some(Stored {
+            access_token: text("access_token").map(AccessToken::new),
+            expires_at: value
+                .get("expires_at_ms")
+                .and_then(serde_json::Value::as_u64)
+                .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
+            refresh_token: text("refresh_token").map(RefreshToken::new),
+            scope: text("scope"),
+        })
+    }
+}
