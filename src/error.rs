@@ -156,9 +156,10 @@ pub enum TransientKind {
     /// The refresh was cancelled: the tokio runtime that ran it shut down before it
     /// reported an outcome.
     RuntimeShutdown,
-    /// The client's assertion could not be made for now (a signer that failed, an assertion
-    /// file missing while it is rotated); nothing was sent to the token endpoint.
-    ClientAssertion,
+    /// A credential the client presents could not be had for now: a client assertion whose
+    /// signer failed, a file (an assertion, a subject token) missing or empty while someone
+    /// else rotates it. Nothing was sent to the token endpoint.
+    Credential,
     /// The shared token store failed, and the grant (one with a refresh token) does not
     /// refresh without it: see [`SharedSource`](crate::store::SharedSource).
     StoreUnavailable,
@@ -186,7 +187,7 @@ impl fmt::Display for TransientKind {
             TransientKind::RuntimeShutdown => {
                 f.write_str("the refresh was cancelled: the tokio runtime that ran it shut down")
             }
-            TransientKind::ClientAssertion => f.write_str("the client assertion could not be made"),
+            TransientKind::Credential => f.write_str("the client assertion could not be made"),
             TransientKind::StoreUnavailable => f.write_str(
                 "the shared token store is unavailable, and this grant refreshes only through it",
             ),

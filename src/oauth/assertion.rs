@@ -4,7 +4,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,9 +24,6 @@ pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type
 /// How long a signed assertion is valid by default: long enough for clocks a little apart,
 /// short enough that a captured one is soon worthless.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(60);
-
-/// The most an assertion file may hold. A service-account token is a kilobyte or two.
-const MAX_ASSERTION_BYTES: u64 = 64 * 1024;
 
 /// `private_key_jwt` client authentication (RFC 7523 §2.2, OpenID Connect Core §9): each
 /// token request carries a JWT the client signs with its private key, so no client secret
@@ -214,7 +210,7 @@ impl ClientAssertion {
     ///
     /// A file that is missing or empty, as it can be for a moment while it is replaced,
     /// fails the request with a [`TransientError`](crate::TransientError) of kind
-    /// [`ClientAssertion`](crate::TransientKind::ClientAssertion), asked again with backoff;
+    /// [`Credential`](crate::TransientKind::Credential), asked again with backoff;
     /// one that cannot be read (no permission, a directory, too large, not UTF-8) with a
     /// [`ConfigurationError`](crate::ConfigurationError). The errors name the path, never
     /// the content.
@@ -230,7 +226,7 @@ impl ClientAssertion {
     /// Its error is classified as a [`JwsSigner`]'s is: a
     /// [`ConfigurationError`](crate::ConfigurationError) or
     /// [`TransientError`](crate::TransientError) passes as it is, anything else is transient
-    /// (kind [`ClientAssertion`](crate::TransientKind::ClientAssertion)). Its text must not
+    /// (kind [`Credential`](crate::TransientKind::Credential)). Its text must not
     /// carry the assertion.
     ///
     /// ```
@@ -281,7 +277,7 @@ impl ClientAssertion {
                 match tokio::task::spawn_blocking(move || read_assertion_file(&path)).await {
                     Ok(read) => read?,
                     Err(join) => {
-                        return Err(TransientError::new(TransientKind::ClientAssertion)
+                        return Err(TransientError::new(TransientKind::Credential)
                             .with_source(format!("reading the assertion file failed: {join}"))
                             .into());
                     }
@@ -312,42 +308,11 @@ impl fmt::Debug for ClientAssertion {
 /// The file's content, trimmed. Missing or empty is transient: a writer that replaces the
 /// file may leave it so for a moment.
 fn read_assertion_file(path: &Path) -> Result<String, RefreshError> {
-    let shown = path.display();
-    let unreadable = |reason: String| -> RefreshError {
-        ConfigurationError::local("client_assertion_unreadable")
-            .with_description(format!("the client assertion file {shown} {reason}"))
-            .into()
-    };
-    let transient = |reason: &str| -> RefreshError {
-        TransientError::new(TransientKind::ClientAssertion)
-            .with_source(format!("the client assertion file {shown} {reason}"))
-            .into()
-    };
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Err(transient("is missing"));
-        }
-        Err(error) => return Err(unreadable(format!("could not be opened: {error}"))),
-    };
-    let mut bytes = Vec::new();
-    file.take(MAX_ASSERTION_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|error| unreadable(format!("could not be read: {error}")))?;
-    if bytes.len() as u64 > MAX_ASSERTION_BYTES {
-        return Err(unreadable(format!(
-            "holds more than {} KiB",
-            MAX_ASSERTION_BYTES / 1024
-        )));
-    }
-    let Ok(text) = String::from_utf8(bytes) else {
-        return Err(unreadable("is not UTF-8 text".into()));
-    };
-    let assertion = text.trim();
-    if assertion.is_empty() {
-        return Err(transient("is empty"));
-    }
-    Ok(assertion.to_owned())
+    super::supply::read_credential_file(
+        path,
+        "the client assertion file",
+        "client_assertion_unreadable",
+    )
 }
 
 /// The claims of an assertion, for tests: decoded, not verified.
@@ -449,7 +414,7 @@ mod tests {
         let RefreshError::Transient(missing) = &err else {
             panic!("{err:?}")
         };
-        assert_eq!(missing.kind(), TransientKind::ClientAssertion);
+        assert_eq!(missing.kind(), TransientKind::Credential);
         assert!(missing.is_resend_safe());
         let reason = std::error::Error::source(missing).unwrap().to_string();
         assert!(
@@ -507,7 +472,7 @@ mod tests {
         });
         let err = failing.assertion().await.unwrap_err();
         assert!(
-            matches!(&err, RefreshError::Transient(t) if t.kind() == TransientKind::ClientAssertion),
+            matches!(&err, RefreshError::Transient(t) if t.kind() == TransientKind::Credential),
             "{err:?}"
         );
         let empty = ClientAssertion::from_fn(|| async { Ok::<_, std::io::Error>(String::new()) });

@@ -177,7 +177,7 @@ impl Endpoint {
             Ok(built) => built?,
             // A signer (a KMS) that does not answer: nothing was sent yet.
             Err(_elapsed) => {
-                return Err(TransientError::new(TransientKind::ClientAssertion)
+                return Err(TransientError::new(TransientKind::Credential)
                     .with_source("the signer did not answer within the request's timeout")
                     .into());
             }

@@ -15,7 +15,7 @@ use crate::error::{ConfigurationError, RefreshError, TransientError, TransientKi
 ///
 /// Fails before anything is sent: a signer's own [`ConfigurationError`] or
 /// [`TransientError`] is passed on, any other failure is a resend-safe transient error of kind
-/// [`ClientAssertion`](TransientKind::ClientAssertion).
+/// [`ClientAssertion`](TransientKind::Credential).
 pub(crate) async fn signed_jwt(
     signer: &dyn JwsSigner,
     typ: Option<&str>,
@@ -61,7 +61,7 @@ pub(crate) fn assertion_failure(error: crate::BoxError) -> RefreshError {
     match error.downcast::<TransientError>() {
         // Nothing reached the token endpoint: safe to ask again.
         Ok(transient) => (*transient).with_resend_safe(true).into(),
-        Err(error) => TransientError::new(TransientKind::ClientAssertion)
+        Err(error) => TransientError::new(TransientKind::Credential)
             .with_boxed_source(error)
             .into(),
     }
@@ -185,7 +185,7 @@ mod tests {
         let RefreshError::Transient(transient) = &err else {
             panic!("{err:?}")
         };
-        assert_eq!(transient.kind(), TransientKind::ClientAssertion);
+        assert_eq!(transient.kind(), TransientKind::Credential);
         assert!(transient.is_resend_safe());
         assert_eq!(
             std::error::Error::source(transient).unwrap().to_string(),

@@ -65,9 +65,14 @@ impl Assertion {
     }
 
     /// The contents of the file at `path`, read again for every token request (surrounding
-    /// whitespace trimmed). A file that cannot be read, or is empty, fails the request with a
-    /// [`ConfigurationError`] `assertion_unavailable` naming the path; the cell tries again
-    /// after its cooldown.
+    /// whitespace trimmed).
+    ///
+    /// A file that is missing or empty, as it can be for a moment while it is replaced,
+    /// fails the request with a [`TransientError`](crate::TransientError) of kind
+    /// [`Credential`](crate::TransientKind::Credential), asked again with backoff; one that
+    /// cannot be read (no permission, a directory, more than 64 KiB, not UTF-8) with a
+    /// [`ConfigurationError`] `assertion_unavailable`. The errors name the path, never the
+    /// content.
     pub fn from_file(path: impl Into<PathBuf>) -> Self {
         Assertion {
             supply: Supply::from_file(path),

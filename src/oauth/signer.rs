@@ -18,7 +18,7 @@ use crate::source::BoxFuture;
 ///
 /// An error from `sign` fails the token request before anything is sent: as a
 /// [`TransientError`](crate::TransientError) of kind
-/// [`ClientAssertion`](crate::TransientKind::ClientAssertion) (a KMS briefly out of reach is
+/// [`ClientAssertion`](crate::TransientKind::Credential) (a KMS briefly out of reach is
 /// asked again with backoff), unless the error is a
 /// [`ConfigurationError`](crate::ConfigurationError) or a `TransientError` itself, which are
 /// passed on as they are. Its text must not carry key material.

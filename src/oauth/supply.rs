@@ -57,7 +57,7 @@ impl Supply {
             Supply::Fn(f) => f().await.map_err(|error| classify(error, input)),
             Supply::File(path) => read_file(path.clone(), input).await,
         }?;
-        // A file ends in a newline more often than not; no credential holds whitespace.
+        // No credential holds surrounding whitespace (a file's is trimmed as it is read).
         let value = obtained.trim();
         if value.is_empty() {
             return Err(ConfigurationError::local(input.code)
@@ -72,25 +72,70 @@ impl Supply {
 }
 
 async fn read_file(path: Arc<Path>, input: Input) -> Result<String, RefreshError> {
-    let read = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || std::fs::read_to_string(&path))
-    };
+    let name = format!("{} file", input.name);
+    let read = tokio::task::spawn_blocking(move || read_credential_file(&path, &name, input.code));
     match read.await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(ConfigurationError::local(input.code)
-            .with_description(format!(
-                "{} could not be read from {}: {error}",
-                input.name,
-                path.display()
-            ))
-            .into()),
+        Ok(read) => read,
         Err(_cancelled) => Err(
             TransientError::new(crate::error::TransientKind::RuntimeShutdown)
                 .with_source(format!("{} was being read", input.name))
                 .into(),
         ),
     }
+}
+
+/// The most a credential file may hold: assertions and tokens are a few kilobytes.
+const MAX_CREDENTIAL_BYTES: u64 = 64 * 1024;
+
+/// Reads a credential from the file at `path`, blocking: a client assertion, a subject token,
+/// a workload's identity token, which someone else rotates on disk. Surrounding whitespace is
+/// trimmed.
+///
+/// A file missing or empty is transient (resent with backoff): a rotation may be replacing it
+/// this moment. One that cannot be read, is too large or is not UTF-8 is a
+/// [`ConfigurationError`] `code`. Messages name `name` and the path, never the content.
+pub(crate) fn read_credential_file(
+    path: &Path,
+    name: &str,
+    code: &str,
+) -> Result<String, RefreshError> {
+    use std::io::Read;
+    let shown = path.display();
+    let unreadable = |reason: String| -> RefreshError {
+        ConfigurationError::local(code)
+            .with_description(format!("{name} {shown} {reason}"))
+            .into()
+    };
+    let transient = |reason: &str| -> RefreshError {
+        TransientError::new(crate::error::TransientKind::Credential)
+            .with_source(format!("{name} {shown} {reason}"))
+            .into()
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(transient("is missing"));
+        }
+        Err(error) => return Err(unreadable(format!("could not be opened: {error}"))),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_CREDENTIAL_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| unreadable(format!("could not be read: {error}")))?;
+    if bytes.len() as u64 > MAX_CREDENTIAL_BYTES {
+        return Err(unreadable(format!(
+            "holds more than {} KiB",
+            MAX_CREDENTIAL_BYTES / 1024
+        )));
+    }
+    let Ok(text) = String::from_utf8(bytes) else {
+        return Err(unreadable("is not UTF-8 text".into()));
+    };
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(transient("is empty"));
+    }
+    Ok(value.to_owned())
 }
 
 /// A closure's error, in the class the crate's own error types say, or else a local
@@ -250,18 +295,26 @@ mod tests {
         assert_eq!(supply.obtain(SUBJECT).await.unwrap(), "st-1");
         std::fs::write(&path, "st-2").unwrap();
         assert_eq!(supply.obtain(SUBJECT).await.unwrap(), "st-2");
+        // Empty or missing: a rotation under way, transient.
         std::fs::write(&path, "  \n").unwrap();
-        let empty = supply.obtain(SUBJECT).await.unwrap_err();
-        assert!(
-            empty.to_string().contains("the subject token is empty"),
-            "{empty}"
-        );
-        std::fs::remove_file(&path).unwrap();
-        let missing = supply.obtain(SUBJECT).await.unwrap_err();
-        let RefreshError::Configuration(missing) = missing else {
-            panic!("{missing:?}")
+        let RefreshError::Transient(empty) = supply.obtain(SUBJECT).await.unwrap_err() else {
+            panic!("an empty file is transient")
         };
-        assert_eq!(missing.error(), "subject_token_unavailable");
+        let reason = empty.source().unwrap().to_string();
+        assert!(reason.starts_with("the subject token file "), "{reason}");
+        assert!(reason.ends_with(" is empty"), "{reason}");
+        std::fs::remove_file(&path).unwrap();
+        let RefreshError::Transient(missing) = supply.obtain(SUBJECT).await.unwrap_err() else {
+            panic!("a missing file is transient")
+        };
+        assert_eq!(missing.kind(), TransientKind::Credential);
+        // A directory in its place cannot be read: a configuration error.
+        std::fs::create_dir_all(&path).unwrap();
+        let RefreshError::Configuration(unreadable) = supply.obtain(SUBJECT).await.unwrap_err()
+        else {
+            panic!("a directory is not a credential")
+        };
+        assert_eq!(unreadable.error(), "subject_token_unavailable");
         assert!(format!("{supply:?}").starts_with("File("));
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -119,8 +119,13 @@ impl SecurityToken {
     /// The contents of the file at `path`, read again for every exchange (surrounding
     /// whitespace trimmed), with the type URI `token_type`: a Kubernetes projected
     /// service-account token, a cloud's identity token, which someone else rotates on disk.
-    /// A file that cannot be read, or is empty, fails the exchange with a
-    /// [`ConfigurationError`] naming the path; the cell tries again after its cooldown.
+    ///
+    /// A file that is missing or empty, as it can be for a moment while it is replaced,
+    /// fails the request with a [`TransientError`](crate::TransientError) of kind
+    /// [`Credential`](crate::TransientKind::Credential), asked again with backoff; one that
+    /// cannot be read (no permission, a directory, more than 64 KiB, not UTF-8) with a
+    /// [`ConfigurationError`] `subject_token_unavailable` (`actor_token_unavailable` for the
+    /// actor). The errors name the path, never the content.
     pub fn from_file(token_type: impl Into<String>, path: impl Into<PathBuf>) -> Self {
         SecurityToken {
             from: Origin::Supply(Supply::from_file(path)),

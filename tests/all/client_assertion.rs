@@ -304,7 +304,7 @@ async fn an_assertion_file_is_read_for_every_request_and_a_missing_one_sends_not
     let RefreshError::Transient(transient) = &err else {
         panic!("{err:?}")
     };
-    assert_eq!(transient.kind(), TransientKind::ClientAssertion);
+    assert_eq!(transient.kind(), TransientKind::Credential);
     assert_eq!(server.count(), 2, "nothing sent without an assertion");
     let chain = format!(
         "{err} / {} / {err:?} / {layer:?}",
@@ -465,7 +465,7 @@ async fn a_signer_that_never_answers_times_out_and_sends_nothing() {
     let RefreshError::Transient(transient) = &err else {
         panic!("{err:?}")
     };
-    assert_eq!(transient.kind(), TransientKind::ClientAssertion, "{err}");
+    assert_eq!(transient.kind(), TransientKind::Credential, "{err}");
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(
         started.elapsed() < Duration::from_secs(60),

@@ -475,14 +475,15 @@ async fn jwt_bearer_rereads_its_assertion_file_and_a_refusal_is_a_configuration_
         .collect();
     assert_eq!(presented, ["eyJ.first.sig", "eyJ.second.sig"]);
 
-    // A file gone is a configuration error naming it; nothing is sent.
+    // A file gone (a rotation under way) is transient, naming it; nothing is sent.
     std::fs::remove_file(&path).unwrap();
     let err = layer.refresh().await.unwrap_err();
-    let RefreshError::Configuration(err) = &err else {
+    let RefreshError::Transient(err) = &err else {
         panic!("{err:?}")
     };
-    assert_eq!(err.error(), "assertion_unavailable");
-    assert!(err.to_string().contains("identity-token"), "{err}");
+    assert_eq!(err.kind(), TransientKind::Credential);
+    let reason = std::error::Error::source(err).unwrap().to_string();
+    assert!(reason.contains("identity-token"), "{reason}");
     assert_eq!(server.count(), 2);
     std::fs::remove_dir_all(&dir).ok();
 }
