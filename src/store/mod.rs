@@ -45,7 +45,7 @@ use crate::source::BoxFuture;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use seal::{Keyring, OpenError, StoreKey};
-pub use shared::SharedSource;
+pub use shared::{SharedFactory, SharedSource};
 
 /// A stored entry: its sealed bytes and the version that compare-and-swap writes check.
 ///

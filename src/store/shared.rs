@@ -9,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::{Keyring, LeaseOwner, StoreError, TokenStore, Written};
 use crate::BoxError;
 use crate::error::{RefreshError, TransientError, TransientKind};
+use crate::keyed::SourceFactory;
 use crate::persist::TokenUpdate;
+use crate::revocation::{RevocationError, RevocationRequest};
 use crate::source::{BoxFuture, TokenRequest, TokenSource};
 use crate::token::{AccessToken, RefreshToken, TokenSet};
 
@@ -308,6 +310,112 @@ impl TokenSource for SharedSource {
 
     fn persist(&self, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
         self.inner.persist(update)
+    }
+
+    fn revoke(&self, request: RevocationRequest) -> BoxFuture<'_, Result<(), RevocationError>> {
+        self.inner.revoke(request)
+    }
+}
+
+/// A [`SourceFactory`] whose every key's source refreshes through one [`TokenStore`]: a
+/// keyed layer's users, tenants or audiences shared by the replicas, one entry (and lease)
+/// per key.
+///
+/// `entry_key` names each key's entry in the store. It must give distinct keys distinct
+/// names (the user id, a tenant's id), and every replica the same name for the same key; the
+/// names stay out of metrics and logs beyond the store's own warnings.
+///
+/// ```
+/// # #[cfg(feature = "redis")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use oauth_refresh::keyed::{KeyedRefreshLayer, factory_fn};
+/// use oauth_refresh::store::{Keyring, RedisStore, SharedFactory, StoreKey};
+/// use oauth_refresh::{BoxError, RefreshTokenGrant, TokenSource};
+///
+/// # async fn stored_refresh_token(_: &str) -> Result<String, BoxError> { Ok("rt".into()) }
+/// let users = factory_fn(|user: String| async move {
+///     let refresh_token = stored_refresh_token(&user).await?;
+///     let grant = RefreshTokenGrant::new("https://login.example.com/token", "web", refresh_token);
+///     Ok(Some(Box::new(grant) as Box<dyn TokenSource>))
+/// });
+/// let store = RedisStore::connect("redis://127.0.0.1:6379/", "web:").await?;
+/// let keys = Keyring::new(StoreKey::new("2026-12", &[7u8; 32])?);
+/// let shared = SharedFactory::new(users, store, keys, |user: &String| format!("user:{user}"));
+/// let layer = KeyedRefreshLayer::<String>::new(shared);
+/// # drop(layer);
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "redis"))]
+/// # fn main() {}
+/// ```
+pub struct SharedFactory<K> {
+    inner: Box<dyn SourceFactory<K>>,
+    store: Arc<dyn TokenStore>,
+    keys: Arc<Keyring>,
+    entry_key: Box<dyn Fn(&K) -> String + Send + Sync>,
+    lease: Duration,
+    min_lifetime: Duration,
+}
+
+impl<K> SharedFactory<K> {
+    /// `inner`'s sources, each shared through `store` under `entry_key(key)`, sealed with
+    /// `keys`.
+    pub fn new(
+        inner: impl SourceFactory<K>,
+        store: impl TokenStore,
+        keys: Keyring,
+        entry_key: impl Fn(&K) -> String + Send + Sync + 'static,
+    ) -> Self {
+        SharedFactory {
+            inner: Box::new(inner),
+            store: Arc::new(store),
+            keys: Arc::new(keys),
+            entry_key: Box::new(entry_key),
+            lease: DEFAULT_LEASE,
+            min_lifetime: DEFAULT_MIN_LIFETIME,
+        }
+    }
+
+    /// Each key's lease: see [`SharedSource::lease`].
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// See [`SharedSource::min_lifetime`].
+    pub fn min_lifetime(mut self, min_lifetime: Duration) -> Self {
+        self.min_lifetime = min_lifetime;
+        self
+    }
+}
+
+impl<K: Send + Sync + 'static> SourceFactory<K> for SharedFactory<K> {
+    fn source(&self, key: K) -> BoxFuture<'_, Result<Option<Box<dyn TokenSource>>, BoxError>> {
+        let entry_key = (self.entry_key)(&key);
+        Box::pin(async move {
+            let Some(inner) = self.inner.source(key).await? else {
+                return Ok(None);
+            };
+            let shared =
+                SharedSource::from_arcs(inner, self.store.clone(), self.keys.clone(), entry_key)
+                    .lease(self.lease)
+                    .min_lifetime(self.min_lifetime);
+            Ok(Some(Box::new(shared) as Box<dyn TokenSource>))
+        })
+    }
+
+    fn persist(&self, key: &K, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
+        self.inner.persist(key, update)
+    }
+}
+
+impl<K> fmt::Debug for SharedFactory<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedFactory")
+            .field("lease", &self.lease)
+            .field("min_lifetime", &self.min_lifetime)
+            .finish_non_exhaustive()
     }
 }
 

@@ -362,3 +362,44 @@ async fn stored_entries_hold_no_token_in_clear() {
     }
     assert!(keyring().open("svc", &entry.value).is_ok());
 }
+
+/// Keyed replicas: each key its own entry and lease, shared by every replica.
+#[tokio::test]
+async fn keyed_replicas_share_one_refresh_per_key() {
+    use oauth_refresh::keyed::{KeyedRefreshLayer, factory_fn};
+    use oauth_refresh::store::SharedFactory;
+
+    let server = RedisServer::start();
+    let machines: Arc<Mutex<std::collections::HashMap<String, Machine>>> = Arc::default();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let machines = machines.clone();
+        let users = factory_fn(move |user: String| {
+            let machine = machines.lock().unwrap().entry(user).or_default().clone();
+            async move { Ok(Some(Box::new(machine) as Box<dyn TokenSource>)) }
+        });
+        let store = RedisStore::connect(&server.url(), "keyed:").await.unwrap();
+        let shared = SharedFactory::new(users, store, keyring(), |user: &String| {
+            format!("user:{user}")
+        });
+        replicas.push(KeyedRefreshLayer::<String>::new(shared));
+    }
+    let users: Vec<String> = (0..10).map(|n| format!("u{n}")).collect();
+    let refreshes: Vec<_> = replicas
+        .iter()
+        .flat_map(|layer| users.iter().map(move |user| (layer.clone(), user.clone())))
+        .map(|(layer, user)| tokio::spawn(async move { layer.refresh(&user).await }))
+        .collect();
+    for refresh in refreshes {
+        refresh.await.unwrap().unwrap();
+    }
+    let machines = machines.lock().unwrap();
+    assert_eq!(machines.len(), 10);
+    for (user, machine) in machines.iter() {
+        assert_eq!(
+            *machine.0.lock().unwrap(),
+            1,
+            "{user}: one token request for 3 replicas"
+        );
+    }
+}
