@@ -42,6 +42,8 @@ mod persistence;
 mod redis_server;
 mod refresh;
 mod rejections;
+#[cfg(all(feature = "redis", feature = "reqwest"))]
+mod replicas;
 mod request_path;
 mod retry;
 mod runtime;

@@ -1,0 +1,104 @@
+//! Replicas as OS processes (`tests/replica.rs`), four of them sharing one user's rotating
+//! refresh token through a real redis-server, against oidc-provider with rotation and reuse
+//! detection on.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::interop::sign_in;
+use crate::oidc_provider::{APP_ID, APP_SECRET, OidcProvider};
+use crate::redis_server::RedisServer;
+
+const LIFETIME_SECS: u64 = 3;
+const RUN_SECS: u64 = 16;
+
+/// The replica binary cargo built beside this one.
+fn replica_binary() -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    std::fs::read_dir(&deps)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with("replica-") && !name.contains('.')
+        })
+        .max_by_key(|entry| entry.metadata().and_then(|m| m.modified()).ok())
+        .map(|entry| entry.path())
+        .expect("the replica test binary (cargo test builds it with features redis and reqwest)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replica_processes_share_one_rotating_grant_with_one_refresh_per_token() {
+    let redis = RedisServer::start();
+    let provider = OidcProvider::start_with(LIFETIME_SECS).await;
+    let grant = sign_in(&provider).await;
+    let refresh_token = grant.refresh_token().unwrap().secret().to_owned();
+    provider.reset().await;
+
+    let binary = replica_binary();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(&binary)
+                .env("REPLICA_STORE", redis.url())
+                .env("REPLICA_TOKEN_URL", provider.token_url())
+                .env("REPLICA_ISSUER", &provider.issuer)
+                .env("REPLICA_CLIENT_ID", APP_ID)
+                .env("REPLICA_CLIENT_SECRET", APP_SECRET)
+                .env("REPLICA_REFRESH_TOKEN", &refresh_token)
+                .env("REPLICA_SECS", RUN_SECS.to_string())
+                .env("REPLICA_TASKS", "4")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("a replica process")
+        })
+        .collect();
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|child| child.wait_with_output().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let mut requests = 0;
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "a replica failed: {:?}",
+            output.status
+        );
+        let counts: Value = serde_json::from_slice(&output.stdout).expect("the replica's counts");
+        assert_eq!(counts["errors"], 0, "{counts}");
+        assert_eq!(
+            counts["inactive"], 0,
+            "a request went with a dead token: {counts}"
+        );
+        requests += counts["requests"].as_u64().unwrap();
+    }
+    let stats = provider.stats().await;
+    assert_eq!(stats.refresh_token_reused, 0, "{stats:?}");
+    assert_eq!(stats.invalid_grant, 0, "{stats:?}");
+    // One process alone refreshes each token once, when half its lifetime is left: about
+    // every 1.5 s. Four sharing the grant must not do more.
+    let refreshes = stats.refresh_token;
+    let one_process = RUN_SECS * 2 / LIFETIME_SECS;
+    eprintln!(
+        "{requests} requests, {refreshes} refreshes in {RUN_SECS} s (one process: ~{one_process})"
+    );
+    assert!(refreshes >= RUN_SECS / LIFETIME_SECS, "{stats:?}");
+    assert!(
+        refreshes <= one_process + 2,
+        "more than one refresh per token: {stats:?}"
+    );
+    assert!(
+        requests > 4 * 4 * RUN_SECS,
+        "under load: {requests} requests"
+    );
+}

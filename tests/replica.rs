@@ -1,0 +1,151 @@
+//! One replica of a service, as an OS process of its own: `tests/all/replicas.rs` starts four
+//! of these against one oidc-provider and one redis-server, and reads what each saw.
+//!
+//! Run alone (as `cargo test` does), it has nothing to do and says so. Started with
+//! `REPLICA_STORE` set, it signs nothing in: it takes the refresh token it is given, shares
+//! it through the store with the other replicas, sends requests for `REPLICA_SECS` seconds
+//! from `REPLICA_TASKS` concurrent tasks, asks the server whether each request's token was
+//! still active, and prints one JSON line of counts.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use oauth_refresh::BoxFuture;
+use oauth_refresh::store::{Keyring, RedisStore, SharedSource, StoreKey};
+use oauth_refresh::{BoxError, RefreshLayer, RefreshTokenGrant};
+use tower::{Layer, Service, ServiceExt};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
+}
+
+#[derive(Default)]
+struct Counts {
+    requests: AtomicU64,
+    inactive: AtomicU64,
+    errors: AtomicU64,
+}
+
+fn main() {
+    if std::env::var_os("REPLICA_STORE").is_none() {
+        println!("replica: started by tests/all/replicas.rs, nothing to do alone");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let counts = runtime.block_on(run());
+    println!(
+        "{}",
+        serde_json::json!({
+            "requests": counts.requests.load(Ordering::Relaxed),
+            "inactive": counts.inactive.load(Ordering::Relaxed),
+            "errors": counts.errors.load(Ordering::Relaxed),
+        })
+    );
+}
+
+async fn run() -> Arc<Counts> {
+    let store = RedisStore::connect(&env("REPLICA_STORE"), "replicas:")
+        .await
+        .unwrap();
+    let keys = Keyring::new(StoreKey::new("replica-test", &[9; 32]).unwrap());
+    let grant = RefreshTokenGrant::new(
+        env("REPLICA_TOKEN_URL"),
+        env("REPLICA_CLIENT_ID"),
+        env("REPLICA_REFRESH_TOKEN"),
+    )
+    .client_secret(env("REPLICA_CLIENT_SECRET"));
+    // A token taken from the store needs to be FRESH here: more than the refresh-ahead window
+    // (half of a 3 s lifetime) left.
+    let shared = SharedSource::new(grant, store, keys, "alice")
+        .lease(Duration::from_secs(10))
+        .min_lifetime(Duration::from_millis(1600));
+    let layer = RefreshLayer::builder(shared)
+        .refresh_timeout(Duration::from_secs(5))
+        .build();
+
+    let counts = Arc::new(Counts::default());
+    let api = Api {
+        http: reqwest::Client::new(),
+        issuer: env("REPLICA_ISSUER"),
+        counts: counts.clone(),
+    };
+    let service = layer.layer(api);
+    let secs: u64 = env("REPLICA_SECS").parse().unwrap();
+    let tasks: usize = env("REPLICA_TASKS").parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut running = Vec::new();
+    for _ in 0..tasks {
+        let (service, counts) = (service.clone(), counts.clone());
+        running.push(tokio::spawn(async move {
+            while Instant::now() < until {
+                match service
+                    .clone()
+                    .oneshot(http::Request::new(String::new()))
+                    .await
+                {
+                    Ok(_) => counts.requests.fetch_add(1, Ordering::Relaxed),
+                    Err(error) => {
+                        eprintln!("replica: request failed: {error}");
+                        counts.errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    for task in running {
+        task.await.unwrap();
+    }
+    counts
+}
+
+/// The API: asks the server whether the token each request carries is still active. A named
+/// service rather than `service_fn`, whose boxed-error future trips rustc's `Send` check once
+/// spawned.
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    issuer: String,
+    counts: Arc<Counts>,
+}
+
+impl Service<http::Request<String>> for Api {
+    type Response = http::Response<String>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<String>) -> Self::Future {
+        let header = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let token = header
+            .strip_prefix("Bearer ")
+            .unwrap_or_default()
+            .to_owned();
+        let (http, issuer, counts) = (self.http.clone(), self.issuer.clone(), self.counts.clone());
+        Box::pin(async move {
+            let mut url = url::Url::parse(&format!("{issuer}/__test/active"))?;
+            url.query_pairs_mut().append_pair("token", &token);
+            let body = http.get(url).send().await?.bytes().await?;
+            let active: serde_json::Value = serde_json::from_slice(&body)?;
+            if active["active"] != true {
+                counts.inactive.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(http::Response::new(String::new()))
+        })
+    }
+}
