@@ -25,11 +25,39 @@ struct Counts {
     requests: AtomicU64,
     inactive: AtomicU64,
     errors: AtomicU64,
+    /// From the start until the first token was there.
+    first_token_ms: AtomicU64,
+}
+
+fn lease() -> Duration {
+    let ms = std::env::var("REPLICA_LEASE_MS").map_or(10_000, |ms| ms.parse().unwrap());
+    Duration::from_millis(ms)
+}
+
+async fn hold_the_lease() {
+    use oauth_refresh::store::{LeaseOwner, TokenStore};
+    let store = RedisStore::connect(&env("REPLICA_STORE"), "replicas:")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .try_lease("alice", &LeaseOwner::random(), lease())
+            .await
+            .unwrap()
+    );
+    println!("leased");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
 }
 
 fn main() {
     if std::env::var_os("REPLICA_STORE").is_none() {
         println!("replica: started by tests/all/replicas.rs, nothing to do alone");
+        return;
+    }
+    if std::env::var_os("REPLICA_HOLD_LEASE").is_some() {
+        // A replica that took the lease to refresh, then is killed (SIGKILL) before it ends.
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        runtime.block_on(hold_the_lease());
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -44,6 +72,7 @@ fn main() {
             "requests": counts.requests.load(Ordering::Relaxed),
             "inactive": counts.inactive.load(Ordering::Relaxed),
             "errors": counts.errors.load(Ordering::Relaxed),
+            "first_token_ms": counts.first_token_ms.load(Ordering::Relaxed),
         })
     );
 }
@@ -62,7 +91,7 @@ async fn run() -> Arc<Counts> {
     // A token taken from the store needs to be FRESH here: more than the refresh-ahead window
     // (half of a 3 s lifetime) left.
     let shared = SharedSource::new(grant, store, keys, "alice")
-        .lease(Duration::from_secs(10))
+        .lease(lease())
         .min_lifetime(Duration::from_millis(1600));
     let layer = RefreshLayer::builder(shared)
         .refresh_timeout(Duration::from_secs(5))
@@ -74,6 +103,12 @@ async fn run() -> Arc<Counts> {
         issuer: env("REPLICA_ISSUER"),
         counts: counts.clone(),
     };
+    let began = Instant::now();
+    layer.refresh().await.expect("a first token");
+    let first_token_ms = u64::try_from(began.elapsed().as_millis()).unwrap();
+    counts
+        .first_token_ms
+        .store(first_token_ms, Ordering::Relaxed);
     let service = layer.layer(api);
     let secs: u64 = env("REPLICA_SECS").parse().unwrap();
     let tasks: usize = env("REPLICA_TASKS").parse().unwrap();

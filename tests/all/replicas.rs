@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -101,4 +102,68 @@ async fn four_replica_processes_share_one_rotating_grant_with_one_refresh_per_to
         requests > 4 * 4 * RUN_SECS,
         "under load: {requests} requests"
     );
+}
+
+/// A replica killed with SIGKILL while it holds the lease delays the next one by at most
+/// the lease: the test measures the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_holding_the_lease_delays_the_others_by_at_most_the_lease() {
+    use std::io::BufRead;
+
+    const LEASE_MS: u64 = 2000;
+    let redis = RedisServer::start();
+    let provider = OidcProvider::start_with(LIFETIME_SECS).await;
+    let grant = sign_in(&provider).await;
+    let refresh_token = grant.refresh_token().unwrap().secret().to_owned();
+    provider.reset().await;
+    let replica = |hold: bool| {
+        let mut command = Command::new(replica_binary());
+        command
+            .env("REPLICA_STORE", redis.url())
+            .env("REPLICA_TOKEN_URL", provider.token_url())
+            .env("REPLICA_ISSUER", &provider.issuer)
+            .env("REPLICA_CLIENT_ID", APP_ID)
+            .env("REPLICA_CLIENT_SECRET", APP_SECRET)
+            .env("REPLICA_REFRESH_TOKEN", &refresh_token)
+            .env("REPLICA_SECS", "1")
+            .env("REPLICA_TASKS", "2")
+            .env("REPLICA_LEASE_MS", LEASE_MS.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if hold {
+            command.env("REPLICA_HOLD_LEASE", "1");
+        }
+        command.spawn().expect("a replica process")
+    };
+
+    let mut holder = replica(true);
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "leased");
+    let killed_at = std::time::Instant::now();
+    holder.kill().unwrap(); // SIGKILL: no release, no cleanup.
+    holder.wait().unwrap();
+
+    let next = replica(false);
+    let output = tokio::task::spawn_blocking(move || next.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let since_kill = killed_at.elapsed();
+    assert!(output.status.success(), "{:?}", output.status);
+    let counts: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let delay = Duration::from_millis(counts["first_token_ms"].as_u64().unwrap());
+    eprintln!("first token after {delay:?} (lease {LEASE_MS} ms), {since_kill:?} after the kill");
+    let lease = Duration::from_millis(LEASE_MS);
+    // It waited for the dead lease to run out, and not much longer.
+    assert!(
+        delay >= lease / 2,
+        "it did not wait for the lease: {delay:?}"
+    );
+    assert!(delay <= lease + Duration::from_millis(1000), "{delay:?}");
+    let stats = provider.stats().await;
+    assert!(stats.refresh_token >= 1, "{stats:?}");
+    assert_eq!(stats.refresh_token_reused, 0, "{stats:?}");
+    assert_eq!(stats.invalid_grant, 0, "{stats:?}");
 }
