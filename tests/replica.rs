@@ -27,6 +27,8 @@ struct Counts {
     errors: AtomicU64,
     /// From the start until the first token was there.
     first_token_ms: AtomicU64,
+    /// Keyed: requests whose token the server issued for another user than theirs.
+    wrong_user: AtomicU64,
 }
 
 fn lease() -> Duration {
@@ -65,7 +67,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let counts = runtime.block_on(run());
+    let counts = match std::env::var("REPLICA_USERS") {
+        Ok(users) => runtime.block_on(run_keyed(users)),
+        Err(_) => runtime.block_on(run()),
+    };
     println!(
         "{}",
         serde_json::json!({
@@ -73,6 +78,7 @@ fn main() {
             "inactive": counts.inactive.load(Ordering::Relaxed),
             "errors": counts.errors.load(Ordering::Relaxed),
             "first_token_ms": counts.first_token_ms.load(Ordering::Relaxed),
+            "wrong_user": counts.wrong_user.load(Ordering::Relaxed),
         })
     );
 }
@@ -139,6 +145,85 @@ async fn run() -> Arc<Counts> {
     counts
 }
 
+/// Keyed: `users` is `user=refresh_token` pairs, one per line; every replica shares each
+/// user's grant through the store, and requests go for users at random.
+async fn run_keyed(users: String) -> Arc<Counts> {
+    use std::collections::HashMap;
+
+    use oauth_refresh::TokenSource;
+    use oauth_refresh::keyed::{KeyedRefreshLayer, factory_fn};
+    use oauth_refresh::store::SharedFactory;
+
+    let users: HashMap<String, String> = users
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(user, token)| (user.to_owned(), token.to_owned()))
+        .collect();
+    let names: Vec<String> = users.keys().cloned().collect();
+    let (token_url, client_id, secret) = (
+        env("REPLICA_TOKEN_URL"),
+        env("REPLICA_CLIENT_ID"),
+        env("REPLICA_CLIENT_SECRET"),
+    );
+    let factory = factory_fn(move |user: String| {
+        let grant = users.get(&user).map(|refresh_token| {
+            RefreshTokenGrant::new(&token_url, &client_id, refresh_token.clone())
+                .client_secret(secret.clone())
+        });
+        async move { Ok(grant.map(|grant| Box::new(grant) as Box<dyn TokenSource>)) }
+    });
+    let store = RedisStore::connect(&env("REPLICA_STORE"), "replicas:")
+        .await
+        .unwrap();
+    let keys = Keyring::new(StoreKey::new("replica-test", &[9; 32]).unwrap());
+    let shared = SharedFactory::new(factory, store, keys, |user: &String| format!("user:{user}"))
+        .lease(lease())
+        .min_lifetime(Duration::from_millis(1600));
+    let layer = KeyedRefreshLayer::<String>::builder(shared)
+        .refresh_timeout(Duration::from_secs(5))
+        .build();
+    let counts = Arc::new(Counts::default());
+    let api = Api {
+        http: reqwest::Client::new(),
+        issuer: env("REPLICA_ISSUER"),
+        counts: counts.clone(),
+    };
+    let service = layer.layer(api);
+    let secs: u64 = env("REPLICA_SECS").parse().unwrap();
+    let tasks: usize = env("REPLICA_TASKS").parse().unwrap();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut running = Vec::new();
+    for task in 0..tasks {
+        let (service, counts, names) = (service.clone(), counts.clone(), names.clone());
+        running.push(tokio::spawn(async move {
+            let mut next = task * 7 + std::process::id() as usize;
+            while Instant::now() < until {
+                next = next.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let user = names[(next >> 8) % names.len()].clone();
+                let mut request = http::Request::new(String::new());
+                request.extensions_mut().insert(user.clone());
+                request.extensions_mut().insert(ExpectedUser(user));
+                match service.clone().oneshot(request).await {
+                    Ok(_) => counts.requests.fetch_add(1, Ordering::Relaxed),
+                    Err(error) => {
+                        eprintln!("replica: request failed: {error}");
+                        counts.errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    for task in running {
+        task.await.unwrap();
+    }
+    counts
+}
+
+/// The user a keyed request was sent for, for the API to check the token against.
+#[derive(Clone)]
+struct ExpectedUser(String);
+
 /// The API: asks the server whether the token each request carries is still active. A named
 /// service rather than `service_fn`, whose boxed-error future trips rustc's `Send` check once
 /// spawned.
@@ -171,6 +256,10 @@ impl Service<http::Request<String>> for Api {
             .strip_prefix("Bearer ")
             .unwrap_or_default()
             .to_owned();
+        let expected = request
+            .extensions()
+            .get::<ExpectedUser>()
+            .map(|u| u.0.clone());
         let (http, issuer, counts) = (self.http.clone(), self.issuer.clone(), self.counts.clone());
         Box::pin(async move {
             let mut url = url::Url::parse(&format!("{issuer}/__test/active"))?;
@@ -179,6 +268,10 @@ impl Service<http::Request<String>> for Api {
             let active: serde_json::Value = serde_json::from_slice(&body)?;
             if active["active"] != true {
                 counts.inactive.fetch_add(1, Ordering::Relaxed);
+            } else if let Some(expected) = expected
+                && active["sub"] != expected.as_str()
+            {
+                counts.wrong_user.fetch_add(1, Ordering::Relaxed);
             }
             Ok(http::Response::new(String::new()))
         })

@@ -167,3 +167,98 @@ async fn a_replica_killed_holding_the_lease_delays_the_others_by_at_most_the_lea
     assert_eq!(stats.refresh_token_reused, 0, "{stats:?}");
     assert_eq!(stats.invalid_grant, 0, "{stats:?}");
 }
+
+/// Keyed: 50 users, each signed in once, shared by four replica processes; every request
+/// checked at the server against the user it was sent for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_keyed_replica_processes_share_fifty_users_with_one_refresh_per_token() {
+    use oauth_refresh::oauth::{AuthorizationCode, ServerMetadata};
+
+    use crate::oidc_provider::{APP_REDIRECT_URI, authorize_headless};
+
+    const USERS: usize = 50;
+    const KEYED_RUN_SECS: u64 = 12;
+    let redis = RedisServer::start();
+    let provider = OidcProvider::start_with(LIFETIME_SECS).await;
+    let metadata = ServerMetadata::discover(&provider.issuer).await.unwrap();
+    let mut users = String::new();
+    for n in 0..USERS {
+        let user = format!("user{n}");
+        let pending = AuthorizationCode::new(
+            metadata.authorization_endpoint.clone().unwrap(),
+            &metadata.token_endpoint,
+            APP_ID,
+            APP_REDIRECT_URI,
+        )
+        .client_secret(APP_SECRET)
+        .scope("openid")
+        .scope("api:read")
+        .param("login_hint", &user)
+        .start()
+        .unwrap();
+        let callback = authorize_headless(pending.url().as_str()).await;
+        let grant = pending.exchange(&callback).await.unwrap();
+        users.push_str(&format!(
+            "{user}={}\n",
+            grant.refresh_token().unwrap().secret()
+        ));
+    }
+    provider.reset().await;
+
+    let binary = replica_binary();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(&binary)
+                .env("REPLICA_STORE", redis.url())
+                .env("REPLICA_TOKEN_URL", provider.token_url())
+                .env("REPLICA_ISSUER", &provider.issuer)
+                .env("REPLICA_CLIENT_ID", APP_ID)
+                .env("REPLICA_CLIENT_SECRET", APP_SECRET)
+                .env("REPLICA_USERS", &users)
+                .env("REPLICA_SECS", KEYED_RUN_SECS.to_string())
+                .env("REPLICA_TASKS", "2")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("a replica process")
+        })
+        .collect();
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|child| child.wait_with_output().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let mut requests = 0;
+    for output in &outputs {
+        assert!(
+            output.status.success(),
+            "a replica failed: {:?}",
+            output.status
+        );
+        let counts: Value = serde_json::from_slice(&output.stdout).expect("the replica's counts");
+        assert_eq!(counts["errors"], 0, "{counts}");
+        assert_eq!(
+            counts["inactive"], 0,
+            "a request went with a dead token: {counts}"
+        );
+        assert_eq!(
+            counts["wrong_user"], 0,
+            "a request went with another user's token: {counts}"
+        );
+        requests += counts["requests"].as_u64().unwrap();
+    }
+    let stats = provider.stats().await;
+    assert_eq!(stats.refresh_token_reused, 0, "{stats:?}");
+    assert_eq!(stats.invalid_grant, 0, "{stats:?}");
+    // One process alone refreshes each user's token once, half way through its lifetime.
+    let per_user = KEYED_RUN_SECS * 2 / LIFETIME_SECS + 2;
+    let refreshes = stats.refresh_token;
+    eprintln!("{requests} requests, {refreshes} refreshes for {USERS} users in {KEYED_RUN_SECS} s");
+    assert!(
+        refreshes <= USERS as u64 * per_user,
+        "more than one refresh per token: {stats:?}"
+    );
+}
