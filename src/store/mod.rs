@@ -1,17 +1,55 @@
 //! A shared second level behind the token cell, so that many replicas of a service share one
 //! token and one refresh per lifetime (feature `store`; [`RedisStore`] with feature `redis`).
 //!
-//! The in-process cell stays the first level: a request never reaches the store. Only a
-//! refresh does, and through the store it first reads the entry another replica may have
-//! written, takes the entry's lease so that one replica refreshes at a time, and writes its
-//! result by compare-and-swap on the entry's version, so a late writer never replaces a
-//! newer token. Waiting replicas hear of the new entry through a notification.
+//! [`SharedSource`] wraps a grant so that its refreshes go through a store, and
+//! [`SharedFactory`] does the same for every key of a keyed layer; [`TokenStore`] is what a
+//! store implements; [`Keyring`] seals the entries.
 //!
-//! Entries are sealed with AES-256-GCM under a [`Keyring`] the application supplies, bound to
-//! the entry's key: a stored token can be neither read nor moved to another entry.
+//! # Running many replicas
 //!
-//! [`SharedSource`] wraps a grant so that its refreshes go through a store; [`TokenStore`] is
-//! what a store implements; [`Keyring`] seals the entries.
+//! **What is shared.** One entry per credential (per key of a keyed layer): the access token,
+//! its expiry in wall-clock time, the newest refresh token and the granted scope, sealed. The
+//! in-process cell stays the first level: a request never reaches the store, only a refresh
+//! does. Each replica keeps its own schedule, cooldowns and persistence hook.
+//!
+//! **A refresh through the store.** The replica reads the entry first: tokens another replica
+//! wrote, that this one has not taken yet and that have time to live, are the answer, with no
+//! token request. Otherwise it takes the entry's lease, reads again, presents the entry's
+//! refresh token (the newest the fleet holds), writes the answer by compare-and-swap on the
+//! entry's version and releases the lease. Replicas that find the lease taken wait for the
+//! holder's write or release, woken by a notification, and poll at the lease's end if none
+//! comes.
+//!
+//! **What the lease guarantees.** One replica at a time presents the entry's refresh token,
+//! as long as the lease (60 s by default) outlasts the refresh: keep it longer than the
+//! layer's refresh timeout; it is extended while the token request runs. A replica that dies
+//! holding it (SIGKILL, a lost machine) delays the others by at most the lease, measured in
+//! `tests/all/replicas.rs`.
+//!
+//! **What a crash can still lose, with a rotating grant.** A replica that sent its refresh
+//! and died (or lost the store) before writing the answer took the rotated refresh token with
+//! it: the server has retired the one in the entry, so the next replica's refresh is refused
+//! (`invalid_grant`, [`ReauthRequired`](crate::ReauthRequired)) and the user signs in again.
+//! No protocol on the client's side can close this window, since only the dead replica ever
+//! saw the new token; servers that allow a grace period for the previous refresh token
+//! (several do, for this reason) close it on theirs. The persistence hook of the replica that
+//! refreshed still runs before its waiters are released, as without a store.
+//!
+//! **When the store is down.** The valid token keeps being served. A grant without a refresh
+//! token (client credentials, JWT bearer, token exchange) asks the token endpoint itself, so
+//! each replica refreshes on its own until the store is back; a grant with a refresh token
+//! does not refresh without the lease, since two replicas presenting one rotating refresh
+//! token revoke the grant: its refresh fails as
+//! [`TransientKind::StoreUnavailable`](crate::TransientKind::StoreUnavailable) and is tried
+//! again after the cooldown.
+//!
+//! **The key and its rotation.** Entries are sealed with AES-256-GCM under a 32-byte key the
+//! application supplies (from its secret manager, never from source code), bound to the
+//! entry's name, so a stored token can be neither read nor moved to another entry; a
+//! replica refreshes over an entry it cannot open. Each entry names its key's id in clear. To
+//! rotate, give every replica a [`Keyring`] with the new key as current and the old one as
+//! previous; once every entry has been written again (one token lifetime, or the refresh
+//! token's for idle users), drop the old one.
 //!
 //! # Example
 //!
@@ -19,13 +57,16 @@
 //! # #[cfg(feature = "redis")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use oauth_refresh::store::{Keyring, RedisStore, StoreKey};
+//! use oauth_refresh::store::{Keyring, RedisStore, SharedSource, StoreKey};
+//! use oauth_refresh::{RefreshLayer, RefreshTokenGrant};
 //!
 //! // Connects lazily: nothing is sent until a refresh needs the store.
 //! let store = RedisStore::connect("redis://127.0.0.1:6379/", "billing:").await?;
 //! // 32 bytes from the application's secret manager, with an id for rotation.
 //! let keys = Keyring::new(StoreKey::new("2026-12", &[7u8; 32])?);
-//! # drop((store, keys));
+//! let grant = RefreshTokenGrant::new("https://login.example.com/token", "billing", "rt-stored");
+//! let layer = RefreshLayer::new(SharedSource::new(grant, store, keys, "billing-reports"));
+//! # drop(layer);
 //! # Ok(())
 //! # }
 //! # #[cfg(not(feature = "redis"))]
