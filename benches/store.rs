@@ -1,11 +1,15 @@
 //! What the shared store costs and saves (`store::SharedSource` on a real `redis-server`,
 //! which the bench starts on a free port of 127.0.0.1).
 //!
-//! Before measuring, token requests per token lifetime for N = 1, 2, 4 and 8 replicas, with
-//! the store and without it: N layers, each with its own store connection, standing for N
-//! processes (the proof with OS processes is `tests/all/replicas.rs`). Each lifetime, every
-//! replica's token is rejected at once and all refresh together; the bench counts the token
-//! requests the grant received and checks that with the store there is exactly one.
+//! Before measuring, token requests per token lifetime for N = 1, 2, 4 and 8 replica
+//! processes, with the store and without it: the bench starts itself N times as replicas
+//! (`STORE_BENCH_REPLICA`), each sending requests for 4 s through a layer whose token lives
+//! 1 s (a client credentials grant 10 ms away, refreshed ahead at half its lifetime), and adds
+//! up the token requests they made. It checks that the fleet with the store asks no more
+//! than one process does, and that without it each process asks for itself.
+//!
+//! Then the same count for N layers in one process, every replica's token rejected at once
+//! each lifetime: exactly one token request per lifetime with the store (checked).
 //!
 //! Group `store_refresh`: one refresh of a client credentials grant whose token endpoint is
 //! 10 ms away (a source that sleeps 10 ms), in process (`in_process`, the baseline) and
@@ -15,6 +19,8 @@
 //! ```text
 //! cargo bench --features redis --bench store
 //! ```
+
+mod common;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -31,18 +37,92 @@ use oauth_refresh::{
 const LATENCY: Duration = Duration::from_millis(10);
 
 /// Client credentials 10 ms away: counts its token requests.
-#[derive(Clone, Default)]
-struct Remote(Arc<AtomicU64>);
+#[derive(Clone)]
+struct Remote(Arc<AtomicU64>, Duration);
+
+impl Default for Remote {
+    fn default() -> Self {
+        Remote(Arc::default(), Duration::from_secs(3600))
+    }
+}
 
 impl TokenSource for Remote {
     fn fetch(&self, _: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
         let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        let lifetime = self.1;
         Box::pin(async move {
             tokio::time::sleep(LATENCY).await;
-            Ok(TokenSet::new(AccessToken::new(format!("at-{n}")))
-                .with_expires_in(Duration::from_secs(3600)))
+            Ok(TokenSet::new(AccessToken::new(format!("at-{n}"))).with_expires_in(lifetime))
         })
     }
+}
+
+/// How long a replica process runs, and how long its tokens live.
+const REPLICA_RUN: Duration = Duration::from_secs(4);
+const REPLICA_LIFETIME: Duration = Duration::from_secs(1);
+
+/// A replica process: requests for [`REPLICA_RUN`], then prints its token requests.
+fn replica(redis_url: &str, shared: bool) {
+    use tower::{Layer, ServiceExt};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let remote = Remote(Arc::default(), REPLICA_LIFETIME);
+    let requests = remote.0.clone();
+    rt.block_on(async {
+        let layer = if shared {
+            let store = RedisStore::connect(redis_url, "processes:")
+                .await
+                .expect("a store");
+            let source = SharedSource::new(remote, store, keyring(), "svc")
+                .min_lifetime(REPLICA_LIFETIME * 11 / 20);
+            RefreshLayer::new(source)
+        } else {
+            RefreshLayer::new(remote)
+        };
+        let service = layer.layer(common::api());
+        let until = Instant::now() + REPLICA_RUN;
+        while Instant::now() < until {
+            service
+                .clone()
+                .oneshot(common::request())
+                .await
+                .expect("a request");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    println!("{}", requests.load(Ordering::Relaxed));
+}
+
+/// Token requests per lifetime of `processes` replica processes together.
+fn processes_per_lifetime(redis: &Redis, processes: usize, shared: bool) -> f64 {
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "FLUSHALL"])
+        .output();
+    let me = std::env::current_exe().expect("this bench");
+    let children: Vec<_> = (0..processes)
+        .map(|_| {
+            Command::new(&me)
+                .env("STORE_BENCH_REPLICA", redis.url())
+                .env("STORE_BENCH_SHARED", if shared { "1" } else { "0" })
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("a replica process")
+        })
+        .collect();
+    let total: u64 = children
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().expect("a replica");
+            assert!(output.status.success());
+            String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse::<u64>()
+                .expect("a count")
+        })
+        .sum();
+    total as f64 / (REPLICA_RUN.as_secs_f64() / REPLICA_LIFETIME.as_secs_f64())
 }
 
 fn keyring() -> Keyring {
@@ -130,7 +210,24 @@ fn store(c: &mut Criterion) {
         .build()
         .expect("a runtime");
 
-    println!("token requests per lifetime (N replicas refreshing together):");
+    println!("token requests per token lifetime, N replica processes for 4 s of 1 s tokens:");
+    let one = processes_per_lifetime(&redis, 1, false);
+    for processes in [1, 2, 4, 8] {
+        let alone = processes_per_lifetime(&redis, processes, false);
+        let shared = processes_per_lifetime(&redis, processes, true);
+        println!("  N = {processes}: without the store {alone:.2}, with it {shared:.2}");
+        // Each process alone refreshes like one process; the fleet with the store, like one.
+        assert!(
+            alone >= 0.8 * one * processes as f64,
+            "{alone} for {processes}"
+        );
+        assert!(
+            shared <= one + 0.5,
+            "the fleet asks more than one process: {shared}"
+        );
+    }
+
+    println!("token requests per lifetime (N layers refreshing together):");
     for replicas in [1, 2, 4, 8] {
         let alone = rt.block_on(requests_per_lifetime(&redis, replicas, false));
         let shared = rt.block_on(requests_per_lifetime(&redis, replicas, true));
@@ -163,6 +260,13 @@ fn store(c: &mut Criterion) {
 criterion_group!(benches, store);
 
 fn main() {
+    if let Ok(redis_url) = std::env::var("STORE_BENCH_REPLICA") {
+        replica(
+            &redis_url,
+            std::env::var("STORE_BENCH_SHARED").as_deref() == Ok("1"),
+        );
+        return;
+    }
     benches();
     criterion::Criterion::default()
         .configure_from_args()
