@@ -11,7 +11,7 @@
 //! second then presents, and the server would refuse it: the user signed out everywhere.
 //!
 //! ```text
-//! cargo run --example replicas
+//! cargo run --features redis --example replicas
 //! ```
 
 mod support;
