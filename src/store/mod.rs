@@ -117,6 +117,19 @@ impl fmt::Debug for Entry {
 }
 
 /// What a compare-and-swap write did.
+///
+/// ```
+/// use oauth_refresh::store::Written;
+///
+/// fn stored(written: Written) -> Option<u64> {
+///     match written {
+///         Written::Version(version) => Some(version),
+///         // Another replica wrote first: read its entry instead.
+///         Written::Conflict => None,
+///     }
+/// }
+/// assert_eq!(stored(Written::Version(2)), Some(2));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {
     /// Written; the entry's new version.
