@@ -127,6 +127,23 @@ async fn shared(server: &RedisServer, source: impl TokenSource) -> SharedSource 
     SharedSource::new(source, store, keyring(), "svc").lease(Duration::from_secs(5))
 }
 
+/// Every replica's token rejected at once (a revocation): all refresh together.
+async fn refresh_together(replicas: &[RefreshLayer]) {
+    let refreshes: Vec<_> = replicas
+        .iter()
+        .map(|layer| {
+            let layer = layer.clone();
+            tokio::spawn(async move {
+                layer.invalidate();
+                layer.refresh().await
+            })
+        })
+        .collect();
+    for refresh in refreshes {
+        refresh.await.unwrap().unwrap();
+    }
+}
+
 /// The token a request through `layer` carries.
 async fn token_of(layer: &RefreshLayer) -> String {
     let api = Api::open();
@@ -160,19 +177,7 @@ async fn replicas_refreshing_at_once_make_one_token_request_per_round() {
     }
     for round in 1..=5u32 {
         // Every replica's token rejected at once (a revocation): all refresh together.
-        let refreshes: Vec<_> = replicas
-            .iter()
-            .map(|layer| {
-                let layer = layer.clone();
-                tokio::spawn(async move {
-                    layer.invalidate();
-                    layer.refresh().await
-                })
-            })
-            .collect();
-        for refresh in refreshes {
-            refresh.await.unwrap().unwrap();
-        }
+        refresh_together(&replicas).await;
         assert_eq!(
             *machine.0.lock().unwrap(),
             round,
@@ -199,19 +204,7 @@ async fn replicas_never_present_a_rotated_refresh_token_twice() {
         replicas.push(replica(&server, rotating.grant()).await);
     }
     for _ in 0..6 {
-        let refreshes: Vec<_> = replicas
-            .iter()
-            .map(|layer| {
-                let layer = layer.clone();
-                tokio::spawn(async move {
-                    layer.invalidate();
-                    layer.refresh().await
-                })
-            })
-            .collect();
-        for refresh in refreshes {
-            refresh.await.unwrap().unwrap();
-        }
+        refresh_together(&replicas).await;
     }
     assert_eq!(rotating.reused(), 0, "a refresh token was presented twice");
     assert_eq!(rotating.requests(), 6, "one refresh per round");
@@ -231,19 +224,7 @@ async fn replicas_that_refresh_each_time_present_the_fleets_newest_refresh_token
         replicas.push(RefreshLayer::new(source));
     }
     for _ in 0..3 {
-        let refreshes: Vec<_> = replicas
-            .iter()
-            .map(|layer| {
-                let layer = layer.clone();
-                tokio::spawn(async move {
-                    layer.invalidate();
-                    layer.refresh().await
-                })
-            })
-            .collect();
-        for refresh in refreshes {
-            refresh.await.unwrap().unwrap();
-        }
+        refresh_together(&replicas).await;
     }
     assert_eq!(rotating.requests(), 12);
     assert_eq!(
