@@ -265,7 +265,7 @@ where
 {
     let token = handle
         .cell()
-        .clone()
+        .await?
         .acquire()
         .await
         .map_err(RefreshError::into_box)?;
@@ -326,20 +326,39 @@ where
     let (service, replay) = match resend {
         Resend::Replay { service, replay } => (service, replay),
         Resend::Unavailable(status) => {
-            // No resend, but the refresh the rejection asks for still starts.
-            handle.cell().note_rejection(generation);
+            // No resend, but the refresh the rejection asks for still starts (unless the
+            // cell is gone, and its token with it).
+            if let Some(cell) = handle.sent_with() {
+                cell.note_rejection(generation);
+            }
             let mut response = Response::from_parts(parts, body);
             response.extensions_mut().insert(status);
             return Ok(response);
         }
     };
-    let Some(token) = token_for_resend(handle.cell(), generation) else {
-        let mut response = Response::from_parts(parts, body);
-        response.extensions_mut().insert(RetryStatus::BackedOff);
-        return Ok(response);
-    };
-    drain(body).await;
-    let token = token.await.map_err(RefreshError::into_box)?;
+    let token = match handle.sent_with() {
+        Some(cell) => {
+            let Some(token) = token_for_resend(&cell, generation) else {
+                let mut response = Response::from_parts(parts, body);
+                response.extensions_mut().insert(RetryStatus::BackedOff);
+                return Ok(response);
+            };
+            drain(body).await;
+            token.await
+        }
+        // The cell was evicted since, and its token with it: the key's cell now has (or
+        // gets) another one.
+        None => {
+            drain(body).await;
+            let cell = handle.cell().await?;
+            let token = cell.clone().acquire().await;
+            if token.is_ok() {
+                cell.count_retry();
+            }
+            token
+        }
+    }
+    .map_err(RefreshError::into_box)?;
     let response = service
         .oneshot(replay.into_request(token.header.get()))
         .await

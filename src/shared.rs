@@ -1,8 +1,10 @@
 //! [`Shared`] and [`Handle`]: what the tower service and the reqwest middleware read per
 //! request.
 
+use std::future::Future;
 use std::sync::Arc;
 
+use crate::BoxError;
 use crate::cell::TokenCell;
 use http::{HeaderMap, StatusCode};
 
@@ -38,23 +40,34 @@ pub(crate) struct Shared {
     pub(crate) options: Options,
 }
 
-/// What a request keeps of its layer for the slow paths: the token cell it was sent with and
-/// the options of the layer value that sent it. The single-token layer keeps both behind one
-/// `Arc`; a keyed layer pairs the key's cell with its options.
+/// What a request keeps of its layer for the slow paths: the token cell it was sent with (or
+/// how to find it) and the options of the layer value that sent it. The single-token layer
+/// keeps both behind one `Arc`; a keyed layer pairs the key's cell, or the key, with its
+/// options.
 pub(crate) trait Handle: Send + Sync + 'static {
-    fn cell(&self) -> &Arc<TokenCell>;
     fn options(&self) -> &Options;
+
+    /// The cell whose token the request was sent with; `None` if it is gone (a keyed
+    /// layer evicted it), and the token with it.
+    fn sent_with(&self) -> Option<Arc<TokenCell>>;
+
+    /// The cell to take a token from now: the one the request was sent with, or if that one
+    /// is gone, the one that replaced it (which a keyed layer may have to make).
+    fn cell(&self) -> impl Future<Output = Result<Arc<TokenCell>, BoxError>> + Send + '_;
 }
 
 impl Handle for Arc<Shared> {
     #[inline]
-    fn cell(&self) -> &Arc<TokenCell> {
-        &self.cell
-    }
-
-    #[inline]
     fn options(&self) -> &Options {
         &self.options
+    }
+
+    fn sent_with(&self) -> Option<Arc<TokenCell>> {
+        Some(self.cell.clone())
+    }
+
+    fn cell(&self) -> impl Future<Output = Result<Arc<TokenCell>, BoxError>> + Send + '_ {
+        std::future::ready(Ok(self.cell.clone()))
     }
 }
 

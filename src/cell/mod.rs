@@ -75,6 +75,22 @@ impl Token {
         self.header.access_token()
     }
 
+    /// This token as a mirror keeps it while FRESH; `None` if rejected.
+    fn fresh(&self) -> Option<FreshToken> {
+        if self.rejected {
+            return None;
+        }
+        let until = match (self.refresh_at, self.expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Some(FreshToken {
+            header: self.header.get(),
+            until,
+            generation: self.generation,
+        })
+    }
+
     #[inline]
     pub(crate) fn phase(&self, now: Instant) -> Phase {
         if self.rejected || self.expires_at.is_some_and(|at| now >= at) {
@@ -185,22 +201,50 @@ struct Counters {
     persist_failures: AtomicU64,
 }
 
+/// A FRESH token as a keyed layer's map keeps it, in the key's own bucket: a request whose
+/// key's token is FRESH reads the bucket and nothing of the cell.
+#[derive(Clone)]
+pub(crate) struct FreshToken {
+    pub(crate) header: HeaderValue,
+    /// When the token stops being FRESH (the refresh-ahead window or the expiry, whichever
+    /// comes first); `None`: never.
+    pub(crate) until: Option<Instant>,
+    pub(crate) generation: u64,
+}
+
+impl FreshToken {
+    #[inline]
+    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+}
+
+/// Where a cell copies its FRESH token on every change of its snapshot: a keyed layer's
+/// bucket for the key.
+pub(crate) trait Mirror: Send + Sync + 'static {
+    /// `cell`'s token is now `fresh` (`None`: none a request may send without asking the
+    /// cell). Called under the cell's slot mutex, so calls come in the order of the changes;
+    /// the mirror may take its own locks, and must never take the slot's.
+    fn changed(&self, cell: &TokenCell, fresh: Option<FreshToken>);
+}
+
 /// One token, its refresh, and its stats. Shared by every clone of a layer.
 ///
-/// `repr(C)`, to keep what every request reads (the snapshot pointer, and for a keyed layer
-/// the last use) in the first cache line, beside the `Arc`'s reference count that each
-/// request writes: with a layer of many cells, each line a request touches is likely a miss.
+/// `repr(C)`, to keep what every request reads (the snapshot pointer) in the first cache
+/// line, beside the `Arc`'s reference count that each request writes.
 #[repr(C)]
 pub(crate) struct TokenCell {
     snapshot: ArcSwap<Snapshot>,
-    /// For a keyed layer's eviction: the sweep epoch in which a request last used the cell.
-    pub(crate) used: AtomicU64,
     /// How many copies of each token's header to keep.
     copies: Copies,
     slot: Mutex<Slot>,
     source: Arc<dyn TokenSource>,
     schedule: Schedule,
     counters: Counters,
+    /// A keyed layer's copy of the FRESH token, rewritten on every change.
+    mirror: Option<Box<dyn Mirror>>,
+    /// Where this cell's generations count from (see [`keyed`](Self::keyed)).
+    generations: u64,
 }
 
 impl fmt::Debug for TokenCell {
@@ -280,16 +324,35 @@ impl Plan {
 impl TokenCell {
     /// A cell for one layer's only token: its header copied per stripe of threads.
     pub(crate) fn new(source: Arc<dyn TokenSource>, schedule: Schedule) -> Self {
-        Self::with_copies(source, schedule, Copies::PerStripe)
+        Self::build(source, schedule, Copies::PerStripe, None, 0)
     }
 
-    pub(crate) fn with_copies(
+    /// A cell for one of a keyed layer's tokens: one copy of each header (the request pays
+    /// for each cache line it reads, and the copies would take memory per key), and the FRESH
+    /// token copied to `mirror` on every change.
+    ///
+    /// Its generations count from `generations`: a keyed layer gives each cell it makes a
+    /// range of its own, so that a request's generation names its token even across an
+    /// eviction and the rebuilt cell.
+    pub(crate) fn keyed(
+        source: Arc<dyn TokenSource>,
+        schedule: Schedule,
+        mirror: Box<dyn Mirror>,
+        generations: u64,
+    ) -> Self {
+        Self::build(source, schedule, Copies::One, Some(mirror), generations)
+    }
+
+    fn build(
         source: Arc<dyn TokenSource>,
         schedule: Schedule,
         copies: Copies,
+        mirror: Option<Box<dyn Mirror>>,
+        generations: u64,
     ) -> Self {
         let slot = Slot {
             refresh_token: source.initial_refresh_token(),
+            last_generation: generations,
             ..Slot::default()
         };
         let cell = TokenCell {
@@ -298,8 +361,9 @@ impl TokenCell {
             source,
             schedule,
             counters: Counters::default(),
-            used: AtomicU64::new(0),
             copies,
+            mirror,
+            generations,
         };
         // The source holds these already: nothing to hand to its persistence hook.
         if let Some(tokens) = cell.source.initial_tokens()
@@ -650,19 +714,41 @@ impl TokenCell {
         self.update_snapshot(|s| s.token = Some(token));
     }
 
-    /// Replaces the snapshot with an edited copy. Call under the slot's mutex.
+    /// Replaces the snapshot with an edited copy, and tells the mirror. Call under the slot's
+    /// mutex.
     fn update_snapshot(&self, edit: impl FnOnce(&mut Snapshot)) {
         let mut next = Snapshot::clone(&self.snapshot.load());
         edit(&mut next);
+        let fresh = self
+            .mirror
+            .as_ref()
+            .map(|_| next.token.as_ref().and_then(Token::fresh));
         self.snapshot.store(Arc::new(next));
+        if let (Some(mirror), Some(fresh)) = (&self.mirror, fresh) {
+            mirror.changed(self, fresh);
+        }
+    }
+
+    /// The FRESH token now, as a mirror would have it: for a keyed layer's bucket when it
+    /// first holds the cell.
+    pub(crate) fn fresh(&self) -> Option<FreshToken> {
+        self.snapshot.load().token.as_ref().and_then(Token::fresh)
     }
 
     /// Whether nothing of this cell is under way: no refresh or persistence running, no
     /// change of tokens waiting for the persistence hook, and the last one stored. Only such
     /// a cell may be dropped while its key lives on: the next one is built from what the
     /// store holds.
+    ///
+    /// Never waits: a slot that is locked now is busy, so the cell is not settled. A keyed
+    /// layer asks with its map's lock held, which a cell's writer takes under the slot's
+    /// mutex (to rewrite its mirror); waiting here would close that circle.
     pub(crate) fn is_settled(&self) -> bool {
-        let slot = self.lock_slot();
+        let slot = match self.slot.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        };
         slot.flight.is_none() && slot.unpersisted.is_none() && !slot.unstored
     }
 
@@ -685,7 +771,7 @@ impl TokenCell {
             retries: self.counters.retries.load(Ordering::Relaxed),
             backed_off: self.counters.backed_off.load(Ordering::Relaxed),
             persist_failures: self.counters.persist_failures.load(Ordering::Relaxed),
-            generation: token.map_or(0, |t| t.generation),
+            generation: token.map_or(0, |t| t.generation - self.generations),
             time_to_expiry: token
                 .and_then(|t| t.expires_at)
                 .map(|at| at.saturating_duration_since(now)),

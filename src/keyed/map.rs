@@ -1,24 +1,29 @@
 //! [`Cells`]: the token cells of a keyed layer, one per key, made on first use and evicted
 //! when idle.
 //!
-//! Reads take a shard's read lock for a map lookup and one `Arc` clone. Writes (a key's first
-//! use, an eviction) take one shard's write lock. A cell is dropped only when nothing holds it
-//! but the map (no request, no refresh) and its newest tokens reached the store: a request
-//! that held an evicted cell could otherwise refresh it beside the cell rebuilt for the same
-//! key, and with rotation the two would revoke each other.
+//! A request hashes its key once, takes its shard's read lock, and reads the key's entry: the
+//! key and, while it is FRESH, the key's token, which the cell rewrites in the entry on every
+//! change. Nothing else of the key is read; only a token that is not FRESH costs a clone of
+//! the cell's `Arc`. Writes (a key's first use, an eviction, a cell's new token) take one
+//! shard's write lock. A cell is dropped only when nothing holds it but the map (no refresh,
+//! no request waiting for one) and its newest tokens reached the store: a request that held
+//! an evicted cell could otherwise refresh it beside the cell rebuilt for the same key, and
+//! with rotation the two would revoke each other.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
+use hashbrown::HashTable;
+use http::HeaderValue;
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use super::factory::{KeyedSource, SourceFactory};
 use super::key::KeyError;
-use crate::cell::{Copies, Schedule, TokenCell};
+use crate::cell::{FreshToken, Mirror, Schedule, TokenCell};
 
 /// Shards of the map: enough that threads using different keys seldom meet on one lock.
 const SHARDS: usize = 32;
@@ -46,28 +51,82 @@ impl Default for Eviction {
     }
 }
 
-/// One key's place in the map: its cell, kept in the map's own bucket so that a request reads
-/// no allocation of the map's besides; or, while the factory runs, the cell being made, which
-/// the first request for the key makes and the others wait for (a request that gives up hands
-/// the work to the next).
-enum Slot {
+/// One key's place in the map, in the map's own bucket. `repr(C)`: what a FRESH request reads
+/// (the key, its token, its last use) comes first and together, the cell last.
+#[repr(C)]
+struct Entry<K> {
+    key: K,
+    /// The cell's token while it is FRESH, rewritten by the cell (under the shard's write
+    /// lock) on every change; `None` while there is none, or no cell yet.
+    fresh: Option<FreshToken>,
+    /// The sweep epoch in which a request last used the key.
+    used: AtomicU64,
+    state: State,
+}
+
+/// The key's cell; or, while the factory runs, the cell being made, which the first request
+/// for the key makes and the others wait for (a request that gives up hands the work to the
+/// next).
+enum State {
     Ready(Arc<TokenCell>),
     Making(Arc<OnceCell<Arc<TokenCell>>>),
 }
 
+/// What a request finds for its key.
+pub(crate) enum Found {
+    /// The token to send, FRESH, and its generation to name it by if the server rejects it.
+    /// Generations are the map's own (each cell counts from a base of its own), so a
+    /// generation names the token even after its cell was evicted and another one made.
+    Fresh {
+        header: HeaderValue,
+        generation: u64,
+    },
+    /// A cell whose token is not FRESH (STALE, EXPIRED, rejected, or none yet): ask it.
+    Cell(Arc<TokenCell>),
+    /// No cell yet: make one.
+    Absent,
+}
+
+/// Where a cell copies its FRESH token: its key's entry.
+struct Bucket<K> {
+    cells: Weak<Cells<K>>,
+    key: K,
+}
+
+impl<K> Mirror for Bucket<K>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
+    fn changed(&self, cell: &TokenCell, fresh: Option<FreshToken>) {
+        let Some(cells) = self.cells.upgrade() else {
+            return;
+        };
+        let (hash, shard) = cells.shard(&self.key);
+        let mut map = write(shard);
+        // Only the entry that holds this very cell: not one rebuilt for the key since, nor
+        // one still being made (it reads the cell's token when it becomes ready).
+        if let Some(entry) = map.find_mut(hash, |entry| entry.key == self.key)
+            && let State::Ready(ready) = &entry.state
+            && std::ptr::eq(Arc::as_ptr(ready), cell)
+        {
+            entry.fresh = fresh;
+        }
+    }
+}
+
 /// A part of the map, behind its own lock.
-type Shard<K> = RwLock<HashMap<K, Slot>>;
+type Shard<K> = RwLock<HashTable<Entry<K>>>;
 
 pub(crate) struct Cells<K> {
     shards: Box<[Shard<K>]>,
-    /// Picks the shard; each shard's map hashes with its own keys, so that the keys of one
-    /// shard do not crowd its buckets.
     hasher: RandomState,
     factory: Arc<dyn SourceFactory<K>>,
     schedule: Schedule,
     eviction: Eviction,
     /// Entries in the map, with or without a cell yet.
     len: AtomicUsize,
+    /// Cells made so far: the next cell's generations count from this, times 2^32.
+    made: AtomicU64,
     /// Advanced by the sweeper, once every idle time / `SWEEPS_PER_IDLE_TIME`.
     epoch: AtomicU64,
     sweeper: AtomicBool,
@@ -83,40 +142,64 @@ where
         eviction: Eviction,
     ) -> Self {
         Cells {
-            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
             hasher: RandomState::new(),
             factory,
             schedule,
             eviction,
             len: AtomicUsize::new(0),
+            made: AtomicU64::new(0),
             epoch: AtomicU64::new(0),
             sweeper: AtomicBool::new(false),
         }
     }
 
-    fn shard(&self, key: &K) -> &Shard<K> {
+    /// The key's hash and its shard. The table of the shard picks buckets by the hash's low
+    /// bits and tags them with its top seven, so the shard is picked by bits of neither.
+    #[inline]
+    fn shard(&self, key: &K) -> (u64, &Shard<K>) {
         let hash = self.hasher.hash_one(key);
-        &self.shards[(hash as usize) % SHARDS]
+        (hash, &self.shards[(hash >> 52) as usize % SHARDS])
     }
 
-    /// The cell of `key` if it is made: the hot path.
+    /// What a request for `key` finds: the hot path.
     #[inline]
+    pub(crate) fn find(&self, key: &K) -> Found {
+        let (hash, shard) = self.shard(key);
+        let map = read(shard);
+        let Some(entry) = map.find(hash, |entry| entry.key == *key) else {
+            return Found::Absent;
+        };
+        self.touch(entry);
+        match (&entry.fresh, &entry.state) {
+            (Some(fresh), _) if fresh.is_fresh(Instant::now()) => Found::Fresh {
+                header: fresh.header.clone(),
+                generation: fresh.generation,
+            },
+            (_, State::Ready(cell)) => Found::Cell(cell.clone()),
+            (_, State::Making(_)) => Found::Absent,
+        }
+    }
+
+    /// The cell of `key` if it is made.
     pub(crate) fn get(&self, key: &K) -> Option<Arc<TokenCell>> {
-        let map = read(self.shard(key));
-        let Slot::Ready(cell) = map.get(key)? else {
+        let (hash, shard) = self.shard(key);
+        let map = read(shard);
+        let entry = map.find(hash, |entry| entry.key == *key)?;
+        let State::Ready(cell) = &entry.state else {
             return None;
         };
-        self.touch(cell);
+        self.touch(entry);
         Some(cell.clone())
     }
 
-    /// Marks `cell` used in this epoch. A plain store, and only when the epoch changed: the
+    /// Marks the key used in this epoch. A plain store, and only when the epoch changed: the
     /// cache line of a key used on many threads is written once per epoch, not per request.
     #[inline]
-    fn touch(&self, cell: &TokenCell) {
+    fn touch(&self, entry: &Entry<K>) {
         let epoch = self.epoch.load(Ordering::Relaxed);
-        if cell.used.load(Ordering::Relaxed) != epoch {
-            cell.used.store(epoch, Ordering::Relaxed);
+        if entry.used.load(Ordering::Relaxed) != epoch {
+            entry.used.store(epoch, Ordering::Relaxed);
         }
     }
 
@@ -125,14 +208,24 @@ where
         if let Some(cell) = self.get(key) {
             return Ok(cell);
         }
+        let (hash, shard) = self.shard(key);
         let (making, inserted) = {
-            let mut map = write(self.shard(key));
-            match map.get(key) {
-                Some(Slot::Ready(cell)) => return Ok(cell.clone()),
-                Some(Slot::Making(making)) => (making.clone(), false),
+            let mut map = write(shard);
+            match map
+                .find(hash, |entry| entry.key == *key)
+                .map(|entry| &entry.state)
+            {
+                Some(State::Ready(cell)) => return Ok(cell.clone()),
+                Some(State::Making(making)) => (making.clone(), false),
                 None => {
                     let making = Arc::new(OnceCell::new());
-                    map.insert(key.clone(), Slot::Making(making.clone()));
+                    let entry = Entry {
+                        key: key.clone(),
+                        fresh: None,
+                        used: AtomicU64::new(self.epoch.load(Ordering::Relaxed)),
+                        state: State::Making(making.clone()),
+                    };
+                    map.insert_unique(hash, entry, |entry| self.hasher.hash_one(&entry.key));
                     self.len.fetch_add(1, Ordering::Relaxed);
                     (making, true)
                 }
@@ -148,43 +241,52 @@ where
             .get_or_try_init(|| self.make(key.clone()))
             .await?
             .clone();
-        self.touch(&cell);
-        // Made: from now on requests find it in the bucket. Only the slot this request waited
+        // Made: from now on requests find it in the entry. Only the entry this request waited
         // on is replaced; it cannot have been evicted meanwhile, since this request holds it.
-        if let Some(slot) = write(self.shard(key)).get_mut(key)
-            && matches!(slot, Slot::Making(waited) if Arc::ptr_eq(waited, &making))
+        // The token is read under the lock: a change the cell made before could not reach the
+        // entry, and one after waits for the lock and rewrites it.
+        let mut map = write(shard);
+        if let Some(entry) = map.find_mut(hash, |entry| entry.key == *key)
+            && matches!(&entry.state, State::Making(waited) if Arc::ptr_eq(waited, &making))
         {
-            *slot = Slot::Ready(cell.clone());
+            entry.fresh = cell.fresh();
+            entry.state = State::Ready(cell.clone());
+            self.touch(entry);
         }
         Ok(cell)
     }
 
-    async fn make(&self, key: K) -> Result<Arc<TokenCell>, KeyError> {
+    async fn make(self: &Arc<Self>, key: K) -> Result<Arc<TokenCell>, KeyError> {
         let source = self
             .factory
             .source(key.clone())
             .await
             .map_err(KeyError::factory)?
             .ok_or_else(KeyError::unknown)?;
+        let bucket = Bucket {
+            cells: Arc::downgrade(self),
+            key: key.clone(),
+        };
         let source = KeyedSource {
             key,
             source,
             factory: self.factory.clone(),
         };
-        // One copy of each header: a keyed cell's token is one of many, and its request pays
-        // for each cache line it reads.
-        Ok(Arc::new(TokenCell::with_copies(
+        let generations = self.made.fetch_add(1, Ordering::Relaxed) << 32;
+        Ok(Arc::new(TokenCell::keyed(
             Arc::new(source),
             self.schedule.clone(),
-            Copies::One,
+            Box::new(bucket),
+            generations,
         )))
     }
 
     /// The cell of `key`, without making one.
     pub(crate) fn existing(&self, key: &K) -> Option<Arc<TokenCell>> {
-        match read(self.shard(key)).get(key)? {
-            Slot::Ready(cell) => Some(cell.clone()),
-            Slot::Making(making) => making.get().cloned(),
+        let (hash, shard) = self.shard(key);
+        match &read(shard).find(hash, |entry| entry.key == *key)?.state {
+            State::Ready(cell) => Some(cell.clone()),
+            State::Making(making) => making.get().cloned(),
         }
     }
 
@@ -195,14 +297,15 @@ where
 
     /// Drops `key`'s cell if it can go (see [`evictable`]); `false` if it is in use.
     pub(crate) fn remove(&self, key: &K) -> bool {
-        let mut map = write(self.shard(key));
-        let Some(slot) = map.get(key) else {
+        let (hash, shard) = self.shard(key);
+        let mut map = write(shard);
+        let Ok(entry) = map.find_entry(hash, |entry| entry.key == *key) else {
             return true;
         };
-        if !evictable(slot) {
+        if !evictable(entry.get()) {
             return false;
         }
-        map.remove(key);
+        entry.remove();
         self.len.fetch_sub(1, Ordering::Relaxed);
         true
     }
@@ -232,7 +335,7 @@ where
         for shard in &self.shards {
             let mut map = write(shard);
             let before = map.len();
-            map.retain(|_, slot| used(slot) >= oldest_kept || !evictable(slot));
+            map.retain(|entry| used(entry) >= oldest_kept || !evictable(entry));
             self.len.fetch_sub(before - map.len(), Ordering::Relaxed);
         }
     }
@@ -241,49 +344,54 @@ where
     /// of the cap. Cells in use stay, even over the cap.
     fn shrink(&self) {
         let target = self.eviction.max_cells - self.eviction.max_cells / 8;
-        let mut candidates: Vec<(u64, usize, K)> = Vec::new();
-        for (index, shard) in self.shards.iter().enumerate() {
+        let mut candidates: Vec<(u64, K)> = Vec::new();
+        for shard in &self.shards {
             let map = read(shard);
             candidates.extend(
                 map.iter()
-                    .filter(|(_, slot)| evictable(slot))
-                    .map(|(key, slot)| (used(slot), index, key.clone())),
+                    .filter(|entry| evictable(entry))
+                    .map(|entry| (used(entry), entry.key.clone())),
             );
         }
-        candidates.sort_unstable_by_key(|(used, _, _)| *used);
-        for (_, index, key) in candidates {
+        candidates.sort_unstable_by_key(|(used, _)| *used);
+        for (_, key) in candidates {
             if self.len.load(Ordering::Relaxed) <= target {
                 break;
             }
-            let mut map = write(&self.shards[index]);
+            let (hash, shard) = self.shard(&key);
+            let mut map = write(shard);
             // Looked at again under the write lock: a request may have taken it since.
-            if map.get(&key).is_some_and(evictable) {
-                map.remove(&key);
+            if let Ok(entry) = map.find_entry(hash, |entry| entry.key == key)
+                && evictable(entry.get())
+            {
+                entry.remove();
                 self.len.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
 }
 
-/// Whether a slot can be dropped. Call with its shard locked: every holder of the cell (or of
-/// the cell being made) took it under the lock, so a count of one means the map's own
+/// Whether an entry can be dropped. Call with its shard locked: every holder of the cell (or
+/// of the cell being made) took it under the lock, so a count of one means the map's own
 /// reference is the only one, and no new one can be taken meanwhile.
-fn evictable(slot: &Slot) -> bool {
+///
+/// A request that sent the FRESH token of the entry holds no reference: the cell may go under
+/// it, since the request never touches it again. Should its token be rejected, it asks the
+/// map for the key's cell, which the generation it was sent with tells from a rebuilt one.
+fn evictable<K>(entry: &Entry<K>) -> bool {
     let unused = |cell: &Arc<TokenCell>| Arc::strong_count(cell) == 1 && cell.is_settled();
-    match slot {
-        Slot::Ready(cell) => unused(cell),
-        Slot::Making(making) => Arc::strong_count(making) == 1 && making.get().is_none_or(unused),
+    match &entry.state {
+        State::Ready(cell) => unused(cell),
+        State::Making(making) => Arc::strong_count(making) == 1 && making.get().is_none_or(unused),
     }
 }
 
-/// The epoch of a slot's last use. A cell still being made with no one waiting for it is
+/// The epoch of an entry's last use. A cell still being made with no one waiting for it is
 /// what a failed factory call or an unknown key leaves: the first to go.
-fn used(slot: &Slot) -> u64 {
-    match slot {
-        Slot::Ready(cell) => cell.used.load(Ordering::Relaxed),
-        Slot::Making(making) => making
-            .get()
-            .map_or(0, |cell| cell.used.load(Ordering::Relaxed)),
+fn used<K>(entry: &Entry<K>) -> u64 {
+    match entry.state {
+        State::Ready(_) => entry.used.load(Ordering::Relaxed),
+        State::Making(_) => 0,
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`KeyedRefresh`]: the tower service of a keyed layer.
 
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::key::{KeyError, KeyFrom};
-use super::map::Cells;
+use super::map::{Cells, Found};
 use crate::BoxError;
 use crate::body::RefreshBody;
 use crate::cell::TokenCell;
@@ -93,21 +94,46 @@ impl<S: fmt::Debug, K> fmt::Debug for KeyedRefresh<S, K> {
     }
 }
 
-/// What a keyed request's future keeps: its key's cell and the service's options.
-pub(crate) struct KeyedHandle {
-    cell: Arc<TokenCell>,
-    options: Arc<Options>,
+/// What a keyed request's future keeps: its key's cell, or (for a request sent with the FRESH
+/// token its key's bucket holds) the key and the map, so that the request touches nothing of
+/// the cell unless the server rejects the token.
+pub(crate) enum KeyedHandle<K> {
+    Cell {
+        cell: Arc<TokenCell>,
+        options: Arc<Options>,
+    },
+    Key {
+        key: K,
+        cells: Arc<Cells<K>>,
+        options: Arc<Options>,
+    },
 }
 
-impl Handle for KeyedHandle {
-    #[inline]
-    fn cell(&self) -> &Arc<TokenCell> {
-        &self.cell
-    }
-
+impl<K> Handle for KeyedHandle<K>
+where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+{
     #[inline]
     fn options(&self) -> &Options {
-        &self.options
+        match self {
+            KeyedHandle::Cell { options, .. } | KeyedHandle::Key { options, .. } => options,
+        }
+    }
+
+    fn sent_with(&self) -> Option<Arc<TokenCell>> {
+        match self {
+            KeyedHandle::Cell { cell, .. } => Some(cell.clone()),
+            // Whichever cell the key has now: should it be one made after an eviction, the
+            // generation the request was sent with is none of its own.
+            KeyedHandle::Key { key, cells, .. } => cells.get(key),
+        }
+    }
+
+    async fn cell(&self) -> Result<Arc<TokenCell>, BoxError> {
+        match self {
+            KeyedHandle::Cell { cell, .. } => Ok(cell.clone()),
+            KeyedHandle::Key { key, cells, .. } => Ok(cells.resolve(key).await?),
+        }
     }
 }
 
@@ -124,7 +150,7 @@ where
 {
     type Response = Response<RefreshBody<ResBody>>;
     type Error = BoxError;
-    type Future = KeyedResponseFuture<S, ReqBody, ResBody>;
+    type Future = KeyedResponseFuture<S, K, ReqBody, ResBody>;
 
     /// Only the inner service's readiness, as [`Refresh`](crate::Refresh).
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -144,24 +170,40 @@ where
         };
         let replay = replay_copy(&self.options, &request, retry);
         let options = self.options.clone();
-        let exchange = match self.cells.get(&key) {
-            Some(cell) => match cell.current() {
+        let exchange = match self.cells.find(&key) {
+            Found::Fresh { header, generation } => {
+                let cells = self.cells.clone();
+                let handle = KeyedHandle::Key {
+                    key,
+                    cells,
+                    options,
+                };
+                send_now(
+                    &mut self.inner,
+                    request,
+                    header,
+                    (generation, handle),
+                    retry,
+                    replay,
+                )
+            }
+            Found::Cell(cell) => match cell.current() {
                 Some((authorization, generation)) => send_now(
                     &mut self.inner,
                     request,
                     authorization,
-                    (generation, KeyedHandle { cell, options }),
+                    (generation, KeyedHandle::Cell { cell, options }),
                     retry,
                     replay,
                 ),
                 None => send_later(&mut self.inner, retry, replay, move |service, resend| {
-                    let handle = KeyedHandle { cell, options };
+                    let handle = KeyedHandle::<K>::Cell { cell, options };
                     future::send_after_refresh(handle, service, request, resend)
                 }),
             },
             // The key's first request (or its first since eviction): make its cell, then go
             // as a request that waits for a refresh.
-            None => {
+            Found::Absent => {
                 let cells = self.cells.clone();
                 send_later(
                     &mut self.inner,
@@ -169,7 +211,7 @@ where
                     replay,
                     move |service, resend| async move {
                         let cell = cells.resolve(&key).await?;
-                        let handle = KeyedHandle { cell, options };
+                        let handle = KeyedHandle::<K>::Cell { cell, options };
                         future::send_after_refresh(handle, service, request, resend).await
                     },
                 )
@@ -181,28 +223,29 @@ where
 
 pin_project! {
     /// The response future of [`KeyedRefresh`].
-    pub struct KeyedResponseFuture<S, ReqBody, ResBody>
+    pub struct KeyedResponseFuture<S, K, ReqBody, ResBody>
     where
         S: Service<Request<ReqBody>>,
         ResBody: Body,
     {
         #[pin]
-        exchange: Exchange<S, ReqBody, ResBody, KeyedHandle>,
+        exchange: Exchange<S, ReqBody, ResBody, KeyedHandle<K>>,
     }
 }
 
-impl<S, ReqBody, ResBody> KeyedResponseFuture<S, ReqBody, ResBody>
+impl<S, K, ReqBody, ResBody> KeyedResponseFuture<S, K, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>>,
     ResBody: Body,
 {
-    fn new(exchange: Exchange<S, ReqBody, ResBody, KeyedHandle>) -> Self {
+    fn new(exchange: Exchange<S, ReqBody, ResBody, KeyedHandle<K>>) -> Self {
         KeyedResponseFuture { exchange }
     }
 }
 
-impl<S, ReqBody, ResBody> std::future::Future for KeyedResponseFuture<S, ReqBody, ResBody>
+impl<S, K, ReqBody, ResBody> Future for KeyedResponseFuture<S, K, ReqBody, ResBody>
 where
+    K: Clone + Eq + Hash + Send + Sync + 'static,
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -219,7 +262,7 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> fmt::Debug for KeyedResponseFuture<S, ReqBody, ResBody>
+impl<S, K, ReqBody, ResBody> fmt::Debug for KeyedResponseFuture<S, K, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>>,
     ResBody: Body,
