@@ -212,13 +212,6 @@ pub(crate) struct FreshToken {
     pub(crate) generation: u64,
 }
 
-impl FreshToken {
-    #[inline]
-    pub(crate) fn is_fresh(&self, now: Instant) -> bool {
-        self.until.is_none_or(|until| now < until)
-    }
-}
-
 /// Where a cell copies its FRESH token on every change of its snapshot: a keyed layer's
 /// bucket for the key.
 pub(crate) trait Mirror: Send + Sync + 'static {

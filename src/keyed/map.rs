@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
@@ -51,17 +51,41 @@ impl Default for Eviction {
     }
 }
 
-/// One key's place in the map, in the map's own bucket. `repr(C)`: what a FRESH request reads
-/// (the key, its token, its last use) comes first and together, the cell last.
-#[repr(C)]
+/// One key's place in the map, in the map's own bucket. What a FRESH request reads (the key,
+/// its token, its last use) comes first, in one cache line when the key is a word (`repr(C)`,
+/// aligned to the line): a random key's request then misses one line of the bucket, where
+/// the cell's token would cost three more.
+#[repr(C, align(64))]
 struct Entry<K> {
     key: K,
     /// The cell's token while it is FRESH, rewritten by the cell (under the shard's write
     /// lock) on every change; `None` while there is none, or no cell yet.
-    fresh: Option<FreshToken>,
+    header: Option<HeaderValue>,
+    /// The token's generation, the map's own (see [`Found::Fresh`]).
+    generation: u64,
+    /// When the token stops being FRESH, in whole seconds from the map's start, rounded
+    /// down: a request may find it not FRESH up to a second early, never late, and in that
+    /// second asks the cell, which knows to the nanosecond. `u32::MAX`: never.
+    until: u32,
     /// The sweep epoch in which a request last used the key.
-    used: AtomicU64,
+    used: AtomicU32,
     state: State,
+}
+
+impl<K> Entry<K> {
+    /// Copies the cell's FRESH token (or its absence) into the bucket.
+    fn set_fresh(&mut self, fresh: Option<FreshToken>, start: Instant) {
+        let Some(fresh) = fresh else {
+            self.header = None;
+            return;
+        };
+        self.until = fresh.until.map_or(u32::MAX, |until| {
+            let secs = until.saturating_duration_since(start).as_secs();
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        });
+        self.generation = fresh.generation;
+        self.header = Some(fresh.header);
+    }
 }
 
 /// The key's cell; or, while the factory runs, the cell being made, which the first request
@@ -109,7 +133,7 @@ where
             && let State::Ready(ready) = &entry.state
             && std::ptr::eq(Arc::as_ptr(ready), cell)
         {
-            entry.fresh = fresh;
+            entry.set_fresh(fresh, cells.start);
         }
     }
 }
@@ -128,7 +152,9 @@ pub(crate) struct Cells<K> {
     /// Cells made so far: the next cell's generations count from this, times 2^32.
     made: AtomicU64,
     /// Advanced by the sweeper, once every idle time / `SWEEPS_PER_IDLE_TIME`.
-    epoch: AtomicU64,
+    epoch: AtomicU32,
+    /// What the buckets' `until` counts from.
+    start: Instant,
     sweeper: AtomicBool,
 }
 
@@ -149,7 +175,8 @@ where
             eviction,
             len: AtomicUsize::new(0),
             made: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
+            epoch: AtomicU32::new(0),
+            start: Instant::now(),
             sweeper: AtomicBool::new(false),
         }
     }
@@ -171,13 +198,20 @@ where
             return Found::Absent;
         };
         self.touch(entry);
-        match (&entry.fresh, &entry.state) {
-            (Some(fresh), _) if fresh.is_fresh(Instant::now()) => Found::Fresh {
-                header: fresh.header.clone(),
-                generation: fresh.generation,
-            },
-            (_, State::Ready(cell)) => Found::Cell(cell.clone()),
-            (_, State::Making(_)) => Found::Absent,
+        if let Some(header) = &entry.header
+            && Instant::now()
+                .saturating_duration_since(self.start)
+                .as_secs()
+                < u64::from(entry.until)
+        {
+            return Found::Fresh {
+                header: header.clone(),
+                generation: entry.generation,
+            };
+        }
+        match &entry.state {
+            State::Ready(cell) => Found::Cell(cell.clone()),
+            State::Making(_) => Found::Absent,
         }
     }
 
@@ -221,8 +255,10 @@ where
                     let making = Arc::new(OnceCell::new());
                     let entry = Entry {
                         key: key.clone(),
-                        fresh: None,
-                        used: AtomicU64::new(self.epoch.load(Ordering::Relaxed)),
+                        header: None,
+                        generation: 0,
+                        until: 0,
+                        used: AtomicU32::new(self.epoch.load(Ordering::Relaxed)),
                         state: State::Making(making.clone()),
                     };
                     map.insert_unique(hash, entry, |entry| self.hasher.hash_one(&entry.key));
@@ -249,7 +285,7 @@ where
         if let Some(entry) = map.find_mut(hash, |entry| entry.key == *key)
             && matches!(&entry.state, State::Making(waited) if Arc::ptr_eq(waited, &making))
         {
-            entry.fresh = cell.fresh();
+            entry.set_fresh(cell.fresh(), self.start);
             entry.state = State::Ready(cell.clone());
             self.touch(entry);
         }
@@ -330,12 +366,11 @@ where
 
     /// One sweep: a new epoch, and the cells unused for the idle time dropped.
     fn sweep(&self) {
-        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed) + 1;
-        let oldest_kept = epoch.saturating_sub(u64::from(SWEEPS_PER_IDLE_TIME));
+        let epoch = self.epoch.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         for shard in &self.shards {
             let mut map = write(shard);
             let before = map.len();
-            map.retain(|entry| used(entry) >= oldest_kept || !evictable(entry));
+            map.retain(|entry| age(entry, epoch) <= SWEEPS_PER_IDLE_TIME || !evictable(entry));
             self.len.fetch_sub(before - map.len(), Ordering::Relaxed);
         }
     }
@@ -344,16 +379,17 @@ where
     /// of the cap. Cells in use stay, even over the cap.
     fn shrink(&self) {
         let target = self.eviction.max_cells - self.eviction.max_cells / 8;
-        let mut candidates: Vec<(u64, K)> = Vec::new();
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        let mut candidates: Vec<(u32, K)> = Vec::new();
         for shard in &self.shards {
             let map = read(shard);
             candidates.extend(
                 map.iter()
                     .filter(|entry| evictable(entry))
-                    .map(|entry| (used(entry), entry.key.clone())),
+                    .map(|entry| (age(entry, epoch), entry.key.clone())),
             );
         }
-        candidates.sort_unstable_by_key(|(used, _)| *used);
+        candidates.sort_unstable_by_key(|(age, _)| std::cmp::Reverse(*age));
         for (_, key) in candidates {
             if self.len.load(Ordering::Relaxed) <= target {
                 break;
@@ -386,12 +422,13 @@ fn evictable<K>(entry: &Entry<K>) -> bool {
     }
 }
 
-/// The epoch of an entry's last use. A cell still being made with no one waiting for it is
-/// what a failed factory call or an unknown key leaves: the first to go.
-fn used<K>(entry: &Entry<K>) -> u64 {
+/// Sweeps since an entry's last use, `epoch` being the current one (epochs wrap; their
+/// difference does not). A cell still being made with no one waiting for it is what a failed
+/// factory call or an unknown key leaves: the oldest, the first to go.
+fn age<K>(entry: &Entry<K>, epoch: u32) -> u32 {
     match entry.state {
-        State::Ready(_) => entry.used.load(Ordering::Relaxed),
-        State::Making(_) => 0,
+        State::Ready(_) => epoch.wrapping_sub(entry.used.load(Ordering::Relaxed)),
+        State::Making(_) => u32::MAX,
     }
 }
 
@@ -422,5 +459,53 @@ impl<K> fmt::Debug for Cells<K> {
             .field("len", &self.len.load(Ordering::Relaxed))
             .field("eviction", &self.eviction)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_fresh_request_reads_of_a_word_key_is_one_cache_line() {
+        assert_eq!(align_of::<Entry<u64>>(), 64);
+        assert_eq!(
+            std::mem::offset_of!(Entry<u64>, state),
+            64,
+            "the cell after the line"
+        );
+        assert_eq!(size_of::<Entry<u64>>(), 128);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_buckets_token_stops_being_fresh_at_or_before_its_cells() {
+        let start = Instant::now();
+        let mut entry = Entry {
+            key: 1_u64,
+            header: None,
+            generation: 0,
+            until: 0,
+            used: AtomicU32::new(0),
+            state: State::Making(Arc::new(OnceCell::new())),
+        };
+        let token = |until| FreshToken {
+            header: HeaderValue::from_static("Bearer t"),
+            until,
+            generation: 7,
+        };
+        entry.set_fresh(
+            Some(token(Some(start + Duration::from_millis(2_999)))),
+            start,
+        );
+        assert_eq!((entry.until, entry.generation), (2, 7), "rounded down");
+        entry.set_fresh(Some(token(None)), start);
+        assert_eq!(entry.until, u32::MAX);
+        entry.set_fresh(
+            Some(token(Some(start + Duration::from_secs(1 << 40)))),
+            start,
+        );
+        assert_eq!(entry.until, u32::MAX, "saturated, not wrapped");
+        entry.set_fresh(None, start);
+        assert!(entry.header.is_none());
     }
 }

@@ -561,8 +561,8 @@ fn memory_and_live_cells_stay_flat_while_100_000_keys_pass_through() {
         }
         // Flat: the cells in use swing between seven eighths of the cap and the cap, and the
         // bytes in use with them. Per cell, they stay within a quarter of what they were after
-        // 10,000 keys: the shards' tables (whose buckets hold each key's FRESH token, about a
-        // hundred bytes) grow a step before they have seen their largest size, and never
+        // 10,000 keys: the shards' tables (whose buckets hold each key's FRESH token, 128
+        // bytes a bucket) grow a step before they have seen their largest size, and never
         // shrink. From 50,000 keys on, the tables have settled, and the bytes stay within a
         // tenth. A leak of four bytes a key breaks the first bound, of two the second.
         let per_cell = |(cells, bytes): (usize, isize)| bytes as f64 / cells as f64;
@@ -703,7 +703,7 @@ async fn each_change_of_a_keys_token_reaches_its_next_request_at_once() {
     let mut service = layer.layer(api.clone());
     let alice = User("alice");
     // Sends one request for alice: what it got, and how many calls the API saw for it.
-    let mut next = async |service: &mut _| {
+    let next = async |service: &mut _| {
         let calls = api.calls();
         let answer = match send(service, for_user("alice")).await {
             Ok(response) => text(response).await,
