@@ -422,6 +422,7 @@
 mod body;
 mod cell;
 pub mod classify;
+pub mod dpop;
 mod error;
 mod extension;
 mod future;

@@ -69,7 +69,7 @@ pub(crate) fn assertion_failure(error: crate::BoxError) -> RefreshError {
 
 /// ECDSA signatures in JWS are r||s of fixed length (RFC 7518 §3.4). A KMS that returns DER
 /// (AWS KMS does) would be refused by every server; say so here, once, rather than there.
-fn check_signature_length(alg: &str, length: usize) -> Result<(), ConfigurationError> {
+pub(crate) fn check_signature_length(alg: &str, length: usize) -> Result<(), ConfigurationError> {
     let expected = match alg {
         "ES256" => 64,
         "ES384" => 96,

@@ -34,7 +34,7 @@ mod client_credentials;
 mod discovery;
 mod endpoint;
 mod http;
-mod jws;
+pub(crate) mod jws;
 mod params;
 mod refresh_token;
 pub(crate) mod response;

@@ -120,8 +120,7 @@ pub struct SigningKeyError {
 }
 
 impl SigningKeyError {
-    #[cfg_attr(not(feature = "jwt-signing"), allow(dead_code))]
-    fn new(reason: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: impl Into<String>) -> Self {
         SigningKeyError {
             reason: reason.into(),
         }
