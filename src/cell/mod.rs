@@ -203,7 +203,6 @@ struct Counters {
 
 /// A FRESH token as a keyed layer's map keeps it, in the key's own bucket: a request whose
 /// key's token is FRESH reads the bucket and nothing of the cell.
-#[derive(Clone)]
 pub(crate) struct FreshToken {
     pub(crate) header: HeaderValue,
     /// When the token stops being FRESH (the refresh-ahead window or the expiry, whichever
@@ -712,13 +711,10 @@ impl TokenCell {
     fn update_snapshot(&self, edit: impl FnOnce(&mut Snapshot)) {
         let mut next = Snapshot::clone(&self.snapshot.load());
         edit(&mut next);
-        let fresh = self
-            .mirror
-            .as_ref()
-            .map(|_| next.token.as_ref().and_then(Token::fresh));
-        self.snapshot.store(Arc::new(next));
-        if let (Some(mirror), Some(fresh)) = (&self.mirror, fresh) {
-            mirror.changed(self, fresh);
+        let next = Arc::new(next);
+        self.snapshot.store(next.clone());
+        if let Some(mirror) = &self.mirror {
+            mirror.changed(self, next.token.as_ref().and_then(Token::fresh));
         }
     }
 

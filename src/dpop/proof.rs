@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ConfigurationError, RefreshError};
-use crate::oauth::jws::{assertion_failure, check_signature_length, new_jti, unix_now};
+use crate::oauth::jws::{append_signature, new_jti, unix_now};
 use crate::oauth::{JwsSigner, SigningKeyError};
 
 /// A key that proves possession: a [`JwsSigner`] (a built-in key, or a KMS or HSM behind the
@@ -102,14 +102,7 @@ impl DpopKey {
         let mut jws = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 90);
         jws.push_str(&self.header);
         BASE64URL.encode_string(&claims, &mut jws);
-        let signature = self
-            .signer
-            .sign(jws.as_bytes())
-            .await
-            .map_err(assertion_failure)?;
-        check_signature_length(self.signer.alg(), signature.len())?;
-        jws.push('.');
-        BASE64URL.encode_string(signature, &mut jws);
+        append_signature(&*self.signer, &mut jws).await?;
         Ok(jws)
     }
 }

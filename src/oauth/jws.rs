@@ -41,14 +41,24 @@ pub(crate) async fn signed_jwt(
     let mut jws = BASE64URL.encode(Value::Object(header).to_string());
     jws.push('.');
     jws.push_str(&BASE64URL.encode(Value::Object(claims.clone()).to_string()));
+    append_signature(signer, &mut jws).await?;
+    Ok(jws)
+}
+
+/// Signs `jws`, the signing input (`base64url(header) "." base64url(claims)`), with `signer`
+/// and appends `"." base64url(signature)`: the last step of every JWS the crate makes.
+pub(crate) async fn append_signature(
+    signer: &dyn JwsSigner,
+    jws: &mut String,
+) -> Result<(), RefreshError> {
     let signature = signer
         .sign(jws.as_bytes())
         .await
         .map_err(assertion_failure)?;
-    check_signature_length(alg, signature.len())?;
+    check_signature_length(signer.alg(), signature.len())?;
     jws.push('.');
-    jws.push_str(&BASE64URL.encode(signature));
-    Ok(jws)
+    BASE64URL.encode_string(signature, jws);
+    Ok(())
 }
 
 /// A signer's or an assertion source's error as the cell needs it: its own classification if
@@ -69,7 +79,7 @@ pub(crate) fn assertion_failure(error: crate::BoxError) -> RefreshError {
 
 /// ECDSA signatures in JWS are r||s of fixed length (RFC 7518 §3.4). A KMS that returns DER
 /// (AWS KMS does) would be refused by every server; say so here, once, rather than there.
-pub(crate) fn check_signature_length(alg: &str, length: usize) -> Result<(), ConfigurationError> {
+fn check_signature_length(alg: &str, length: usize) -> Result<(), ConfigurationError> {
     let expected = match alg {
         "ES256" => 64,
         "ES384" => 96,
