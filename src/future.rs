@@ -24,7 +24,7 @@ use crate::error::RefreshError;
 use crate::extension::RetryStatus;
 use crate::replay::Replay;
 use crate::resend::{drain, read_prefix, token_for_resend};
-use crate::shared::{Handle, Shared};
+use crate::shared::{Handle, Options, Shared};
 
 type SlowFuture<ResBody> =
     Pin<Box<dyn Future<Output = Result<Response<RefreshBody<ResBody>>, BoxError>> + Send>>;
@@ -263,12 +263,16 @@ where
     ResBody::Error: Into<BoxError>,
     H: Handle,
 {
-    let token = handle
-        .cell()
-        .await?
-        .acquire()
-        .await
-        .map_err(RefreshError::into_box)?;
+    let cell = handle.cell().await?;
+    if let Some(dpop) = cell.dpop() {
+        // Boxed, as the rare rest below: the bearer requests that wait keep a small future.
+        let dpop = dpop.clone();
+        return Box::pin(crate::dpop::tower::send(
+            handle, cell, dpop, service, request, resend,
+        ))
+        .await;
+    }
+    let token = cell.acquire().await.map_err(RefreshError::into_box)?;
     request
         .headers_mut()
         .insert(header::AUTHORIZATION, token.header.get());
@@ -283,6 +287,35 @@ where
     // Boxed: inline, the rare rest would make every request that waits for a refresh (all of
     // a stampede's callers) hold a future half as large again (1456 bytes rather than 976).
     Box::pin(finish(handle, response, token.generation, verdict, resend)).await
+}
+
+/// Whether a response that was not plainly accepted rejected the token: as `verdict` says,
+/// or as the classifier says of the body's prefix, which is read for it and handed back.
+pub(crate) async fn classified<ResBody>(
+    options: &Options,
+    response: Response<ResBody>,
+    verdict: Verdict,
+) -> Result<(bool, Response<RefreshBody<ResBody>>), BoxError>
+where
+    ResBody: Body + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = response.into_parts();
+    let (rejected, body) = match verdict {
+        Verdict::Accepted => (false, RefreshBody::new(body)),
+        Verdict::TokenRejected => (true, RefreshBody::new(body)),
+        Verdict::ReadBody { limit } => {
+            let mut body = Box::pin(body);
+            let (frames, prefix) = read_prefix(body.as_mut(), limit)
+                .await
+                .map_err(Into::into)?;
+            let rejected = options
+                .classifier
+                .classify_body(parts.status, &parts.headers, &prefix);
+            (rejected, RefreshBody::with_read_frames(frames, body))
+        }
+    };
+    Ok((rejected, Response::from_parts(parts, body)))
 }
 
 /// Everything after a first response that was not plainly accepted: reads the body prefix if
@@ -304,25 +337,11 @@ where
     ResBody::Error: Into<BoxError>,
     H: Handle,
 {
-    let options = handle.options();
-    let (parts, body) = response.into_parts();
-    let (rejected, body) = match verdict {
-        Verdict::Accepted => (false, RefreshBody::new(body)),
-        Verdict::TokenRejected => (true, RefreshBody::new(body)),
-        Verdict::ReadBody { limit } => {
-            let mut body = Box::pin(body);
-            let (frames, prefix) = read_prefix(body.as_mut(), limit)
-                .await
-                .map_err(Into::into)?;
-            let rejected = options
-                .classifier
-                .classify_body(parts.status, &parts.headers, &prefix);
-            (rejected, RefreshBody::with_read_frames(frames, body))
-        }
-    };
+    let (rejected, response) = classified(handle.options(), response, verdict).await?;
     if !rejected {
-        return Ok(Response::from_parts(parts, body));
+        return Ok(response);
     }
+    let (parts, body) = response.into_parts();
     let (service, replay) = match resend {
         Resend::Replay { service, replay } => (service, replay),
         Resend::Unavailable(status) => {

@@ -148,6 +148,7 @@ pub fn token_response(data: &[u8]) {
             &[]
         },
         answered_resend_safe: first & 0x80 != 0,
+        dpop: false,
     };
     let result = token_set(status, &headers, body, &rules);
     let _ = format!("{result:?}");
@@ -206,6 +207,7 @@ pub fn token_exchange_response(data: &[u8]) {
         host: Some("login.example.com"),
         reauth_codes: &[],
         answered_resend_safe: first & 0x80 != 0,
+        dpop: false,
     };
     let plain = token_set(status, &headers, body, &rules);
     let result = exchanged_token_set(status, &headers, body, &rules, accept);
@@ -375,6 +377,7 @@ pub fn device_authorization(data: &[u8]) {
         host: Some("login.example.com"),
         reauth_codes: &[],
         answered_resend_safe: first & 0x80 != 0,
+        dpop: false,
     };
     let parsed = fields(&headers, body);
     let field = |name: &str| parsed.as_ref().and_then(|f| f.get(name));

@@ -324,9 +324,11 @@ impl RefreshLayerBuilder {
     /// The layer, with its token cell. The source's initial tokens, if any, are installed
     /// now, under these settings.
     pub fn build(self) -> RefreshLayer {
+        let cell = Arc::new(TokenCell::new(self.source, self.schedule));
         RefreshLayer {
             shared: Arc::new(Shared {
-                cell: Arc::new(TokenCell::new(self.source, self.schedule)),
+                dpop: cell.dpop().is_some(),
+                cell,
                 options: Options::default(),
             }),
         }

@@ -74,6 +74,20 @@ impl<B: 'static> Replay<B> {
         })
     }
 
+    /// Another copy, for a request that may be resent twice (a DPoP request: once for a
+    /// nonce, once for a rejected token). `None` if the body's function declines.
+    pub(crate) fn duplicate(&self, replayers: &Replayers) -> Option<Self> {
+        let body = clone_body(&self.body).or_else(|| replayers.clone_body(&self.body))?;
+        Some(Replay {
+            method: self.method.clone(),
+            uri: self.uri.clone(),
+            version: self.version,
+            headers: self.headers.clone(),
+            extensions: self.extensions.clone(),
+            body,
+        })
+    }
+
     /// The request again, with a new `Authorization` value.
     pub(crate) fn into_request(self, authorization: HeaderValue) -> Request<B> {
         let mut request = Request::new(self.body);

@@ -66,6 +66,11 @@ pub(crate) async fn send(
     {
         return Err(Error::middleware(InsecureTransport::new(host)));
     }
+    if let Some(dpop) = cell.dpop() {
+        let dpop = dpop.clone();
+        let proved = crate::dpop::reqwest::send(cell, &dpop, options, request, extensions, next);
+        return Box::pin(proved).await;
+    }
     let (authorization, generation) = match cell.current() {
         Some(current) => current,
         None => {
@@ -132,7 +137,7 @@ async fn resend(
 
 /// Reads up to `limit` bytes of the body for the classifier's verdict, and gives the
 /// response back whole.
-async fn read_body(
+pub(crate) async fn read_body(
     options: &Options,
     response: Response,
     limit: usize,
@@ -168,7 +173,7 @@ fn insecure_host(url: &reqwest::Url) -> Option<&str> {
 /// A refresh failure as the error reqwest-middleware carries, holding the crate's own type
 /// ([`ReauthRequired`](crate::ReauthRequired), [`TransientError`](crate::TransientError) or
 /// [`ConfigurationError`](crate::ConfigurationError)) for `downcast_ref`.
-fn middleware_error(error: RefreshError) -> Error {
+pub(crate) fn middleware_error(error: RefreshError) -> Error {
     match error {
         RefreshError::Reauth(e) => Error::middleware(e),
         RefreshError::Transient(e) => Error::middleware(e),

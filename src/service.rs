@@ -139,9 +139,13 @@ where
             Gate::Send { retry } => retry,
         };
         let replay = replay_copy(options, &request, retry);
-        let Some((authorization, generation)) = self.shared.cell.current_in_view(&mut self.view)
-        else {
-            // EXPIRED: wait for the refresh.
+        let fast = match self.shared.dpop {
+            // A proof per request, signed asynchronously: never the fast path.
+            true => None,
+            false => self.shared.cell.current_in_view(&mut self.view),
+        };
+        let Some((authorization, generation)) = fast else {
+            // EXPIRED (or DPoP): wait for the refresh, sign the proof.
             let shared = self.shared.clone();
             return ResponseFuture::new(send_later(
                 &mut self.inner,

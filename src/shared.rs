@@ -38,6 +38,9 @@ impl Default for Options {
 pub(crate) struct Shared {
     pub(crate) cell: Arc<TokenCell>,
     pub(crate) options: Options,
+    /// The cell's tokens are bound to a DPoP key: each request needs a proof of its own,
+    /// signed asynchronously, so none takes the fast path.
+    pub(crate) dpop: bool,
 }
 
 /// What a request keeps of its layer for the slow paths: the token cell it was sent with (or

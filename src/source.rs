@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::BoxError;
+use crate::dpop::DpopKey;
 use crate::error::RefreshError;
 use crate::persist::TokenUpdate;
 use crate::revocation::{RevocationError, RevocationRequest};
@@ -66,6 +67,13 @@ pub trait TokenSource: Send + Sync + 'static {
 
     /// The token endpoint's host, for logs and spans.
     fn host(&self) -> Option<&str> {
+        None
+    }
+
+    /// The key this source's tokens are bound to (DPoP, RFC 9449), if they are: a layer over
+    /// it then sends each token as `Authorization: DPoP <token>`, beside a proof signed by
+    /// this key for each request. The grants return the key given to their `dpop` setter.
+    fn dpop_key(&self) -> Option<&DpopKey> {
         None
     }
 

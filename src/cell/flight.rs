@@ -350,7 +350,12 @@ impl TokenCell {
     /// Turns a token set into the cell's next token (the refresh token is the caller's to
     /// keep). Lifetimes are cut to [`MAX_SPAN`]: no number a server sends can overflow.
     fn install(&self, slot: &mut Slot, set: &TokenSet, sent_at: Instant) -> Outcome {
-        let header = Authorization::with_copies(bearer_header(&set.access_token)?, self.copies);
+        let scheme = match self.dpop {
+            Some(_) => "DPoP",
+            None => "Bearer",
+        };
+        let header = authorization(scheme, &set.access_token)?;
+        let header = Authorization::with_copies(header, self.copies);
         let lifetime = set.expires_in.map(|lifetime| lifetime.min(MAX_SPAN));
         slot.last_generation += 1;
         Ok(Token {
@@ -421,8 +426,9 @@ fn wall_clock(at: Instant) -> SystemTime {
         .unwrap_or(now)
 }
 
-fn bearer_header(access_token: &AccessToken) -> Result<HeaderValue, RefreshError> {
-    HeaderValue::try_from(format!("Bearer {}", access_token.secret())).map_err(|_| {
+/// `Bearer <token>`, or `DPoP <token>` for a token bound to a key.
+fn authorization(scheme: &str, access_token: &AccessToken) -> Result<HeaderValue, RefreshError> {
+    HeaderValue::try_from(format!("{scheme} {}", access_token.secret())).map_err(|_| {
         TransientError::new(TransientKind::InvalidResponse)
             .with_source("the access token holds characters not allowed in a header")
             .into()

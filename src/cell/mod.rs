@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio::time::Instant;
 
+use crate::dpop::Dpop;
 use crate::error::{ReauthRequired, RefreshError, RefreshErrorKind};
 use crate::persist::TokenUpdate;
 use crate::revocation::{RevocationError, Revoke};
@@ -76,6 +77,9 @@ impl Token {
     }
 
     /// This token as a mirror keeps it while FRESH; `None` if rejected.
+    ///
+    /// Its FRESH boundary must agree with [`phase`](Self::phase), which the hot path reads:
+    /// a change to the phase rules changes both.
     fn fresh(&self) -> Option<FreshToken> {
         if self.rejected {
             return None;
@@ -197,6 +201,7 @@ struct Counters {
     failures: AtomicU64,
     reauths: AtomicU64,
     retries: AtomicU64,
+    nonce_resends: AtomicU64,
     backed_off: AtomicU64,
     persist_failures: AtomicU64,
 }
@@ -237,6 +242,9 @@ pub(crate) struct TokenCell {
     mirror: Option<Box<dyn Mirror>>,
     /// Where this cell's generations count from (see [`keyed`](Self::keyed)).
     generations: u64,
+    /// The key the tokens are bound to, and the APIs' nonces: every request then needs a
+    /// proof of its own, and never takes the FRESH path.
+    dpop: Option<Dpop>,
 }
 
 impl fmt::Debug for TokenCell {
@@ -347,6 +355,7 @@ impl TokenCell {
             last_generation: generations,
             ..Slot::default()
         };
+        let dpop = source.dpop_key().cloned().map(Dpop::new);
         let cell = TokenCell {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             slot: Mutex::new(slot),
@@ -356,6 +365,7 @@ impl TokenCell {
             copies,
             mirror,
             generations,
+            dpop,
         };
         // The source holds these already: nothing to hand to its persistence hook.
         if let Some(tokens) = cell.source.initial_tokens()
@@ -590,10 +600,7 @@ impl TokenCell {
     /// STALE token at once (a STALE one starts the background refresh), else the outcome of
     /// the one shared refresh, cooldowns and a refused grant respected.
     pub(crate) async fn access_token(self: &Arc<Self>) -> Result<(AccessToken, u64), RefreshError> {
-        let token = match self.usable_token() {
-            Some(token) => token,
-            None => self.clone().acquire().await?,
-        };
+        let token = self.token().await?;
         Ok((token.access_token(), token.generation))
     }
 
@@ -714,14 +721,38 @@ impl TokenCell {
         let next = Arc::new(next);
         self.snapshot.store(next.clone());
         if let Some(mirror) = &self.mirror {
-            mirror.changed(self, next.token.as_ref().and_then(Token::fresh));
+            mirror.changed(self, self.fresh_of(&next));
         }
     }
 
     /// The FRESH token now, as a mirror would have it: for a keyed layer's bucket when it
     /// first holds the cell.
     pub(crate) fn fresh(&self) -> Option<FreshToken> {
-        self.snapshot.load().token.as_ref().and_then(Token::fresh)
+        self.fresh_of(&self.snapshot.load())
+    }
+
+    /// A snapshot's FRESH token as a mirror keeps it: none for a DPoP cell, whose requests
+    /// each need a proof.
+    fn fresh_of(&self, snapshot: &Snapshot) -> Option<FreshToken> {
+        match self.dpop {
+            Some(_) => None,
+            None => snapshot.token.as_ref().and_then(Token::fresh),
+        }
+    }
+
+    /// The DPoP key and nonces, if this cell's tokens are bound to a key.
+    pub(crate) fn dpop(&self) -> Option<&Dpop> {
+        self.dpop.as_ref()
+    }
+
+    /// The token a request that cannot take the FRESH path sends: a FRESH or STALE token at
+    /// once (a STALE one starts the background refresh), else the outcome of the one shared
+    /// refresh.
+    pub(crate) async fn token(self: &Arc<Self>) -> Outcome {
+        match self.usable_token() {
+            Some(token) => Ok(token),
+            None => self.clone().acquire().await,
+        }
     }
 
     /// Whether nothing of this cell is under way: no refresh or persistence running, no
@@ -741,6 +772,11 @@ impl TokenCell {
         slot.flight.is_none() && slot.unpersisted.is_none() && !slot.unstored
     }
 
+    /// Counts a request resent with the nonce its server asked for (DPoP).
+    pub(crate) fn count_nonce_resend(&self) {
+        self.counters.nonce_resends.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a request resent after its token was rejected.
     pub(crate) fn count_retry(&self) {
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -758,6 +794,7 @@ impl TokenCell {
             failures: self.counters.failures.load(Ordering::Relaxed),
             reauths: self.counters.reauths.load(Ordering::Relaxed),
             retries: self.counters.retries.load(Ordering::Relaxed),
+            nonce_resends: self.counters.nonce_resends.load(Ordering::Relaxed),
             backed_off: self.counters.backed_off.load(Ordering::Relaxed),
             persist_failures: self.counters.persist_failures.load(Ordering::Relaxed),
             generation: token.map_or(0, |t| t.generation - self.generations),
@@ -790,6 +827,8 @@ pub struct Stats {
     pub reauths: u64,
     /// Requests resent after the server rejected their token.
     pub retries: u64,
+    /// Requests resent with a new nonce after their API answered `use_dpop_nonce` (DPoP).
+    pub nonce_resends: u64,
     /// Rejections returned as they came, without a refresh, because refreshes asked for by
     /// rejections were spaced out (an endpoint rejecting every token), or the grant was
     /// refused or cooling down after a failure.

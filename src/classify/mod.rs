@@ -122,6 +122,10 @@ where
 /// - A 401 whose `Bearer` challenge carries any other error (`invalid_request`,
 ///   `insufficient_scope`, ...) is [`Verdict::Accepted`]: a new token would not help.
 /// - With several `Bearer` challenges, any one that says "rejected" wins.
+/// - A `DPoP` challenge (RFC 9449 §7.1, for a DPoP-bound token) counts as a `Bearer` one:
+///   `DPoP error="invalid_token"` is a rejection, `DPoP error="invalid_dpop_proof"` is not
+///   (a new token would not mend the proof). A layer with a DPoP key answers
+///   `use_dpop_nonce` with its own resend before any classifier is asked.
 ///
 /// The `Bearer` scheme and the `error` value are compared ASCII case-insensitively, and an empty
 /// `error=""` counts as no error code.
@@ -138,7 +142,8 @@ pub fn default_verdict(status: StatusCode, headers: &HeaderMap) -> Verdict {
 /// [`default_verdict`] for a 401: what its challenges say.
 fn unauthorized_verdict(headers: &HeaderMap) -> Verdict {
     let mut saw_bearer = false;
-    for challenge in challenges(headers).filter(|c| c.is_scheme("Bearer")) {
+    // A DPoP-bound token's challenge (RFC 9449 §7.1) uses Bearer's error codes.
+    for challenge in challenges(headers).filter(|c| c.is_scheme("Bearer") || c.is_scheme("DPoP")) {
         saw_bearer = true;
         match challenge.param("error") {
             None => return Verdict::TokenRejected,

@@ -2,9 +2,19 @@
 //! proof, signed for each request by the key it was bound to, that names the request's method
 //! and URL, the token, and the server's latest nonce.
 //!
-//! This module holds the proof and its key, [`DpopKey`], and the nonces each origin hands out,
-//! [`Nonces`]. (Issue 15, in progress: the layers and grants do not carry proofs yet; a
-//! proof made here goes on a request the application sends itself.)
+//! Give a grant a key with `.dpop(key)` (every grant has the setter), and the layer over it
+//! does the rest:
+//!
+//! - every token request carries a proof, and the answer must be a token of type `DPoP`;
+//! - every API request carries `Authorization: DPoP <token>` and a proof of its own (method,
+//!   URL without query, the token's hash, the origin's newest nonce);
+//! - a nonce is learned from every answer that carries `DPoP-Nonce`, per origin, and an
+//!   answer asking for it (`use_dpop_nonce`: a 400 from the token endpoint, a 401 with a
+//!   `DPoP` challenge from an API) is resent once with it. That resend is separate from the
+//!   resend after a rejected token: a request gets at most one of each, and never loops.
+//!
+//! This module holds the proof and its key, [`DpopKey`], and the nonces each origin hands
+//! out, [`Nonces`], for requests the application sends itself.
 //!
 //! ```
 //! # #[cfg(feature = "jwt-signing")]
@@ -29,6 +39,96 @@
 
 mod nonce;
 mod proof;
+#[cfg(feature = "reqwest")]
+pub(crate) mod reqwest;
+pub(crate) mod tower;
 
 pub use nonce::Nonces;
 pub use proof::{DpopKey, ProofRequest};
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, StatusCode, Uri};
+
+use crate::classify::challenges;
+use crate::error::{ConfigurationError, RefreshError};
+
+/// The `DPoP` request header, which carries the proof.
+pub(crate) const DPOP: &str = "dpop";
+
+/// The error an authorization server (400, in the body) or a resource server (401, in its
+/// `DPoP` challenge) answers when a proof lacks the nonce it wants (RFC 9449 §8, §9).
+pub(crate) const USE_DPOP_NONCE: &str = "use_dpop_nonce";
+
+/// What a grant or a token cell with a DPoP key keeps: the key, and the newest nonce of each
+/// origin its requests went to. Clones share the nonces.
+#[derive(Clone, Debug)]
+pub(crate) struct Dpop {
+    pub(crate) key: DpopKey,
+    pub(crate) nonces: Nonces,
+}
+
+impl Dpop {
+    pub(crate) fn new(key: DpopKey) -> Self {
+        Dpop {
+            key,
+            nonces: Nonces::default(),
+        }
+    }
+
+    /// A proof for a request of `method` to `uri`, with the access token's hash if it carries
+    /// one and the origin's newest nonce if it has one: the `DPoP` header's value (marked
+    /// sensitive), and the nonce it holds, to tell later whether a `use_dpop_nonce` answer
+    /// brought a new one.
+    pub(crate) async fn proof(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        access_token: Option<&str>,
+    ) -> Result<(HeaderValue, Option<Arc<str>>), RefreshError> {
+        let nonce = self.nonces.get(uri);
+        let mut request = ProofRequest::new(method, uri);
+        if let Some(token) = access_token {
+            request = request.access_token(token);
+        }
+        if let Some(nonce) = &nonce {
+            request = request.nonce(nonce);
+        }
+        let proof = self.key.proof(request).await?;
+        // Base64url and dots: always a valid header value.
+        let mut value = HeaderValue::try_from(proof).map_err(|_| {
+            ConfigurationError::local("dpop_proof")
+                .with_description("the proof is not a header value")
+        })?;
+        value.set_sensitive(true);
+        Ok((value, nonce))
+    }
+
+    /// Learns the nonce an answer from `uri` carries, and says whether a request sent with
+    /// nonce `sent` should go again with a new one: the server asked for it (`asked`), and
+    /// the origin's nonce is now another than the one sent. Resending with the same nonce
+    /// could only get the same answer.
+    pub(crate) fn learn(
+        &self,
+        uri: &Uri,
+        headers: &http::HeaderMap,
+        sent: Option<&str>,
+        asked: bool,
+    ) -> bool {
+        self.nonces.learn(uri, headers);
+        asked
+            && self
+                .nonces
+                .get(uri)
+                .is_some_and(|newest| Some(&*newest) != sent)
+    }
+}
+
+/// Whether a resource server's answer asks for a proof with its nonce: a 401 whose `DPoP`
+/// challenge says `use_dpop_nonce` (RFC 9449 §9).
+pub(crate) fn api_asks_for_nonce(status: StatusCode, headers: &http::HeaderMap) -> bool {
+    status == StatusCode::UNAUTHORIZED
+        && challenges(headers).any(|challenge| {
+            challenge.is_scheme("DPoP") && challenge.param("error") == Some(USE_DPOP_NONCE)
+        })
+}

@@ -248,15 +248,21 @@ fn thumbprint(public: &Map<String, Value>) -> String {
 /// The `htu` claim: the URL without query and fragment (RFC 9449 §4.2), scheme and host in
 /// lower case.
 fn htu(uri: &Uri) -> Result<String, ConfigurationError> {
-    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+    let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
         return Err(ConfigurationError::local("dpop_htu").with_description(
             "a DPoP proof names an absolute URL: this one has no scheme or host",
         ));
     };
+    let scheme = scheme.to_ascii_lowercase();
+    // Normalized as RFC 3986 §6.2.3 has servers compare: no user information, and no port
+    // where it is the scheme's own.
+    let port = match (scheme.as_str(), uri.port_u16()) {
+        ("https", Some(443)) | ("http", Some(80)) | (_, None) => String::new(),
+        (_, Some(port)) => format!(":{port}"),
+    };
     Ok(format!(
-        "{}://{}{}",
-        scheme.to_ascii_lowercase(),
-        authority.as_str().to_ascii_lowercase(),
+        "{scheme}://{}{port}{}",
+        host.to_ascii_lowercase(),
         uri.path()
     ))
 }
@@ -287,6 +293,10 @@ mod tests {
     fn htu_leaves_out_query_and_fragment() {
         let uri: Uri = "HTTPS://API.Example.com:8443/a/b?x=1".parse().unwrap();
         assert_eq!(htu(&uri).unwrap(), "https://api.example.com:8443/a/b");
+        let defaults: Uri = "https://user@api.example.com:443/a#f".parse().unwrap();
+        assert_eq!(htu(&defaults).unwrap(), "https://api.example.com/a");
+        let plain: Uri = "http://127.0.0.1:80/a".parse().unwrap();
+        assert_eq!(htu(&plain).unwrap(), "http://127.0.0.1/a");
         let relative: Uri = "/a/b".parse().unwrap();
         assert_eq!(htu(&relative).unwrap_err().error(), "dpop_htu");
     }

@@ -100,6 +100,10 @@ impl<K: Send + Sync + 'static> TokenSource for KeyedSource<K> {
         self.source.host()
     }
 
+    fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        self.source.dpop_key()
+    }
+
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
         self.source.initial_refresh_token()
     }

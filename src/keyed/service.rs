@@ -190,20 +190,28 @@ where
                     replay,
                 )
             }
-            Found::Cell(cell) => match cell.current() {
-                Some((authorization, generation)) => send_now(
-                    &mut self.inner,
-                    request,
-                    authorization,
-                    (generation, KeyedHandle::Cell { cell, options }),
-                    retry,
-                    replay,
-                ),
-                None => send_later(&mut self.inner, retry, replay, move |service, resend| {
-                    let handle = KeyedHandle::<K>::Cell { cell, options };
-                    future::send_after_refresh(handle, service, request, resend)
-                }),
-            },
+            Found::Cell(cell) => {
+                // A DPoP cell's requests each need a proof of their own: none goes at once
+                // (nor is its token ever in the bucket).
+                let now = match cell.dpop() {
+                    Some(_) => None,
+                    None => cell.current(),
+                };
+                match now {
+                    Some((authorization, generation)) => send_now(
+                        &mut self.inner,
+                        request,
+                        authorization,
+                        (generation, KeyedHandle::Cell { cell, options }),
+                        retry,
+                        replay,
+                    ),
+                    None => send_later(&mut self.inner, retry, replay, move |service, resend| {
+                        let handle = KeyedHandle::<K>::Cell { cell, options };
+                        future::send_after_refresh(handle, service, request, resend)
+                    }),
+                }
+            }
             // The key's first request (or its first since eviction): make its cell, then go
             // as a request that waits for a refresh.
             Found::Absent => {

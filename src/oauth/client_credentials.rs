@@ -157,6 +157,10 @@ impl TokenSource for ClientCredentials {
     fn host(&self) -> Option<&str> {
         self.endpoint.host()
     }
+
+    fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        self.endpoint.dpop.as_ref().map(|dpop| &dpop.key)
+    }
 }
 
 impl fmt::Debug for ClientCredentials {

@@ -523,7 +523,7 @@ impl PendingDeviceAuthorization {
             };
             tokio::time::sleep_until(next).await;
             let sent_at = Instant::now();
-            let answer = match self.endpoint.post_form(&token_url, &params, true).await {
+            let answer = match self.endpoint.post_token(&token_url, &params, true).await {
                 Ok((head, body)) => poll_answer(head.status, &head.headers, &body, &rules),
                 Err(error) => PollAnswer::Failed(error),
             };
@@ -714,6 +714,7 @@ mod tests {
         host: Some("login.example.com"),
         reauth_codes: &[],
         answered_resend_safe: false,
+        dpop: false,
     };
 
     fn parse(status: u16, body: &Value) -> Result<DeviceCodeAnswer, RefreshError> {

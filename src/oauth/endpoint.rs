@@ -14,6 +14,7 @@ use url::Url;
 
 use super::http::HttpClient;
 use super::response::{self, Rules};
+use crate::dpop::Dpop;
 use crate::error::{ConfigurationError, RefreshError, TransientError, TransientKind, is_loopback};
 use crate::token::{ClientSecret, TokenSet};
 
@@ -82,6 +83,8 @@ pub(crate) struct Endpoint {
     pub(crate) timeout: Duration,
     pub(crate) allow_insecure_http: bool,
     pub(crate) reauth_codes: Vec<String>,
+    /// The key the tokens are bound to (DPoP), and the token endpoint's nonce.
+    pub(crate) dpop: Option<Dpop>,
 }
 
 impl Endpoint {
@@ -95,6 +98,7 @@ impl Endpoint {
             timeout: DEFAULT_TIMEOUT,
             allow_insecure_http: false,
             reauth_codes: Vec::new(),
+            dpop: None,
         }
     }
 
@@ -146,6 +150,7 @@ impl Endpoint {
             host: self.host(),
             reauth_codes: &self.reauth_codes,
             answered_resend_safe,
+            dpop: self.dpop.is_some(),
         }
     }
 
@@ -156,14 +161,14 @@ impl Endpoint {
         answered_resend_safe: bool,
     ) -> Result<(http::response::Parts, Bytes), RefreshError> {
         let url = self.checked_url()?;
-        let (head, body) = self.post_form(url, params, answered_resend_safe).await?;
+        let (head, body) = self.post_token(url, params, answered_resend_safe).await?;
         tracing::debug!(status = head.status.as_u16(), "token endpoint answered");
         Ok((head, body))
     }
 
     /// Posts `params` to `url` with the client's authentication, as a token request is
-    /// posted, and reads the answer within the timeout and the size cap: for the token
-    /// endpoint and for the server's other endpoints that authenticate the client (device
+    /// posted, and reads the answer within the timeout and the size cap: for the server's
+    /// endpoints other than the token endpoint that authenticate the client (device
     /// authorization, revocation). Check `url` with [`check_transport`] first.
     pub(crate) async fn post_form(
         &self,
@@ -171,17 +176,63 @@ impl Endpoint {
         params: &[(&str, &str)],
         answered_resend_safe: bool,
     ) -> Result<(http::response::Parts, Bytes), RefreshError> {
+        self.send_form(url, params, answered_resend_safe, None)
+            .await
+            .map(|(answer, _nonce)| answer)
+    }
+
+    /// [`post_form`](Self::post_form) for a token request (to the token endpoint at `url`):
+    /// with a DPoP key, it carries a proof, and an answer asking for the server's nonce
+    /// (`use_dpop_nonce`) is resent once with it. That resend is safe whatever the grant:
+    /// the server refused the request before reading its grant.
+    pub(crate) async fn post_token(
+        &self,
+        url: &Url,
+        params: &[(&str, &str)],
+        answered_resend_safe: bool,
+    ) -> Result<(http::response::Parts, Bytes), RefreshError> {
+        let Some(dpop) = &self.dpop else {
+            return self.post_form(url, params, answered_resend_safe).await;
+        };
+        let uri = dpop_uri(url)?;
+        let (answer, sent) = self
+            .send_form(url, params, answered_resend_safe, Some((dpop, &uri)))
+            .await?;
+        let asked = answer.0.status == http::StatusCode::BAD_REQUEST
+            && response::error_code(&answer.0.headers, &answer.1).as_deref()
+                == Some(crate::dpop::USE_DPOP_NONCE);
+        if !dpop.learn(&uri, &answer.0.headers, sent.as_deref(), asked) {
+            return Ok(answer);
+        }
+        tracing::debug!("the token endpoint asked for its DPoP nonce; resending once with it");
+        let (answer, _nonce) = self
+            .send_form(url, params, answered_resend_safe, Some((dpop, &uri)))
+            .await?;
+        dpop.nonces.learn(&uri, &answer.0.headers);
+        Ok(answer)
+    }
+
+    /// One attempt: the request built (signed, proved) and sent, the answer read within the
+    /// timeout. With `dpop`, also the nonce the proof carried.
+    async fn send_form(
+        &self,
+        url: &Url,
+        params: &[(&str, &str)],
+        answered_resend_safe: bool,
+        dpop: Option<(&Dpop, &http::Uri)>,
+    ) -> Result<((http::response::Parts, Bytes), Option<Arc<str>>), RefreshError> {
         let http = self.http_client()?;
         // Built per attempt: an assertion is signed anew for each, so no `jti` is sent twice.
-        let request = match tokio::time::timeout(self.timeout, self.build(url, params)).await {
-            Ok(built) => built?,
-            // A signer (a KMS) that does not answer: nothing was sent yet.
-            Err(_elapsed) => {
-                return Err(TransientError::new(TransientKind::Credential)
-                    .with_source("the signer did not answer within the request's timeout")
-                    .into());
-            }
-        };
+        let (request, nonce) =
+            match tokio::time::timeout(self.timeout, self.build(url, params, dpop)).await {
+                Ok(built) => built?,
+                // A signer (a KMS) that does not answer: nothing was sent yet.
+                Err(_elapsed) => {
+                    return Err(TransientError::new(TransientKind::Credential)
+                        .with_source("the signer did not answer within the request's timeout")
+                        .into());
+                }
+            };
         let may_resend = |error: TransientError| {
             let never_sent = error.is_resend_safe();
             error.with_resend_safe(never_sent || answered_resend_safe)
@@ -195,7 +246,7 @@ impl Endpoint {
             Ok::<_, TransientError>((head, body))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(answer) => Ok(answer?),
+            Ok(answer) => Ok((answer?, nonce)),
             Err(_elapsed) => Err(TransientError::new(TransientKind::Timeout)
                 .with_resend_safe(answered_resend_safe)
                 .into()),
@@ -216,12 +267,14 @@ impl Endpoint {
         resolve_client(self.http.as_ref())
     }
 
-    /// The token request: `params`, then the client's authentication.
+    /// The token request: `params`, then the client's authentication, and with `dpop` a proof
+    /// (whose nonce comes back beside the request).
     async fn build(
         &self,
         url: &Url,
         params: &[(&str, &str)],
-    ) -> Result<http::Request<Bytes>, RefreshError> {
+        dpop: Option<(&Dpop, &http::Uri)>,
+    ) -> Result<(http::Request<Bytes>, Option<Arc<str>>), RefreshError> {
         // Made before the form, which is not `Send` across an await. The default audience is
         // the URL the request goes to: the token endpoint for a token request, and another
         // endpoint (revocation, device authorization) for a request there.
@@ -232,6 +285,10 @@ impl Endpoint {
             )),
             ClientAuth::ClientAssertion(from) => Some((from.type_uri(), from.assertion().await?)),
             ClientAuth::Basic | ClientAuth::Post => None,
+        };
+        let proof = match dpop {
+            Some((dpop, uri)) => Some(dpop.proof(&Method::POST, uri, None).await?),
+            None => None,
         };
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         form.extend_pairs(params);
@@ -269,7 +326,11 @@ impl Endpoint {
                 .headers_mut()
                 .insert(header::AUTHORIZATION, authorization);
         }
-        Ok(request)
+        let nonce = proof.and_then(|(proof, nonce)| {
+            request.headers_mut().insert(crate::dpop::DPOP, proof);
+            nonce
+        });
+        Ok((request, nonce))
     }
 }
 
@@ -281,6 +342,7 @@ impl fmt::Debug for Endpoint {
             .field("client_secret", &self.client_secret)
             .field("auth", &self.auth)
             .field("timeout", &self.timeout)
+            .field("dpop", &self.dpop.as_ref().map(|dpop| &dpop.key))
             .finish_non_exhaustive()
     }
 }
@@ -319,6 +381,14 @@ impl fmt::Debug for ParamNames<'_> {
             .entries(self.0.iter().map(|(name, _value)| name))
             .finish()
     }
+}
+
+/// The token URL as the proofs name it (`htu`) and the nonces are kept by.
+fn dpop_uri(url: &Url) -> Result<http::Uri, ConfigurationError> {
+    url.as_str().parse().map_err(|_| {
+        ConfigurationError::local("dpop_htu")
+            .with_description("the token URL cannot be named in a DPoP proof")
+    })
 }
 
 /// The client given, or else the default one.

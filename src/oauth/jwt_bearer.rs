@@ -257,6 +257,10 @@ impl TokenSource for JwtBearer {
     fn host(&self) -> Option<&str> {
         self.endpoint.host()
     }
+
+    fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        self.endpoint.dpop.as_ref().map(|dpop| &dpop.key)
+    }
 }
 
 impl fmt::Debug for JwtBearer {

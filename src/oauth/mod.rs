@@ -95,6 +95,17 @@ macro_rules! endpoint_setters {
             self
         }
 
+        /// Binds the tokens to `key` (DPoP, RFC 9449): every token request carries a proof
+        /// signed by it and must bring a token of type `DPoP` (a `Bearer` answer is an error
+        /// that keeps the refresh token it carried), and a layer over this grant sends each
+        /// request with `Authorization: DPoP <token>` and a proof of its own. Nonces are
+        /// learned from every answer, and a `use_dpop_nonce` answer is resent once. See
+        /// [`dpop`](crate::dpop).
+        pub fn dpop(mut self, key: $crate::dpop::DpopKey) -> Self {
+            self.endpoint.dpop = Some($crate::dpop::Dpop::new(key));
+            self
+        }
+
         /// Treats another OAuth error code like `invalid_grant`: as
         /// [`ReauthRequired`](crate::ReauthRequired), a new sign-in.
         pub fn reauth_on(mut self, code: impl Into<String>) -> Self {

@@ -248,6 +248,10 @@ impl TokenSource for RefreshTokenGrant {
         self.endpoint.host()
     }
 
+    fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        self.endpoint.dpop.as_ref().map(|dpop| &dpop.key)
+    }
+
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
         self.refresh_token.clone()
     }

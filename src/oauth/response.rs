@@ -26,6 +26,8 @@ pub(crate) struct Rules<'a> {
     /// Whether a request that got an answer may be sent again. False for a `refresh_token`
     /// grant: the server may have rotated the token before it failed.
     pub(crate) answered_resend_safe: bool,
+    /// The request carried a DPoP proof: the answer must be a token of type `DPoP`.
+    pub(crate) dpop: bool,
 }
 
 /// Turns a token endpoint's answer into a token set or a classified error.
@@ -89,14 +91,24 @@ fn read(
     // An exchange may issue a token the server says is not an access token (`N_A`): whether
     // it is taken is decided below, with its `issued_token_type`.
     let exchanged = matches!(expect, Expect::Exchanged { .. });
-    if let Some(token_type) = fields.get("token_type").and_then(Value::as_str)
-        && !token_type.eq_ignore_ascii_case("bearer")
-        && !(exchanged && token_type == NOT_APPLICABLE)
-    {
-        let reason = format!(
+    let token_type = fields.get("token_type").and_then(Value::as_str);
+    let wrong_type = match (token_type, rules.dpop) {
+        (Some(NOT_APPLICABLE), _) if exchanged => None,
+        // A proof went with the request: a token sent without one would be refused, and a
+        // Bearer token in its place would undo what the key is for.
+        (Some(token_type), true) if token_type.eq_ignore_ascii_case("dpop") => None,
+        (token_type, true) => Some(format!(
+            "a token of type {:?} was issued where a DPoP-bound one was asked for: does the \
+             server support DPoP for this client?",
+            printable(token_type.unwrap_or_default(), 40)
+        )),
+        (Some(token_type), false) if !token_type.eq_ignore_ascii_case("bearer") => Some(format!(
             "a token of type {:?} was issued, not Bearer",
             printable(token_type, 40)
-        );
+        )),
+        (_, false) => None,
+    };
+    if let Some(reason) = wrong_type {
         return Err(transient(
             TransientKind::InvalidResponse,
             headers,
@@ -230,6 +242,11 @@ pub(crate) fn fields(headers: &HeaderMap, body: &[u8]) -> Option<Map<String, Val
     })
 }
 
+/// The OAuth `error` code of an answer, if it is an error answer.
+pub(crate) fn error_code(headers: &HeaderMap, body: &[u8]) -> Option<String> {
+    string(&fields(headers, body)?, "error")
+}
+
 pub(crate) fn string(fields: &Map<String, Value>, name: &str) -> Option<String> {
     match fields.get(name) {
         Some(Value::String(value)) if !value.is_empty() => Some(value.clone()),
@@ -315,6 +332,9 @@ fn error_response(
     }
     let kind = match (code.as_str(), status.as_u16()) {
         ("temporarily_unavailable", _) => Some(TransientKind::TemporarilyUnavailable),
+        // DPoP: the server wanted a nonce still newer than the one just learned and resent
+        // with (it rotated meanwhile); the next attempt carries the newest.
+        ("use_dpop_nonce", _) => Some(TransientKind::TemporarilyUnavailable),
         ("server_error", status) => Some(TransientKind::ServerError(status)),
         (_, 429) => Some(TransientKind::RateLimited),
         (_, status @ 500..=599) => Some(TransientKind::ServerError(status)),
@@ -428,6 +448,7 @@ mod tests {
         host: Some("login.example.com"),
         reauth_codes: &[],
         answered_resend_safe: false,
+        dpop: false,
     };
 
     fn parse(status: u16, body: &str) -> Result<TokenSet, RefreshError> {

@@ -484,6 +484,10 @@ impl TokenSource for TokenExchange {
     fn host(&self) -> Option<&str> {
         self.endpoint.host()
     }
+
+    fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        self.endpoint.dpop.as_ref().map(|dpop| &dpop.key)
+    }
 }
 
 /// The server's `invalid_grant` for an exchange: a refusal of what was presented, which no

@@ -300,6 +300,10 @@ impl TokenSource for SharedSource {
         self.inner.host()
     }
 
+    fn dpop_key(&self) -> Option<&crate::dpop::DpopKey> {
+        self.inner.dpop_key()
+    }
+
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
         self.inner.initial_refresh_token()
     }

@@ -9,6 +9,8 @@ mod api_server;
 mod client_assertion;
 #[cfg(feature = "reqwest")]
 mod device;
+#[cfg(feature = "jwt-signing")]
+mod dpop;
 #[cfg(feature = "reqwest")]
 mod exchange;
 #[cfg(feature = "reqwest")]

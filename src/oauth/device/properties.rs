@@ -13,6 +13,7 @@ const RULES: Rules<'static> = Rules {
     host: Some("login.example.com"),
     reauth_codes: &[],
     answered_resend_safe: true,
+    dpop: false,
 };
 
 fn headers(content_type: Option<&str>) -> HeaderMap {

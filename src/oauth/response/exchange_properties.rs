@@ -61,6 +61,7 @@ const RULES: Rules<'static> = Rules {
     host: Some("login.example.com"),
     reauth_codes: &[],
     answered_resend_safe: true,
+    dpop: false,
 };
 
 /// Token type URIs a server may name, the refresh token's among them.

@@ -301,6 +301,7 @@ const RULES: Rules<'static> = Rules {
     host: Some("login.example.com"),
     reauth_codes: &[],
     answered_resend_safe: false,
+    dpop: false,
 };
 
 fn parse(
@@ -492,6 +493,7 @@ proptest! {
             host: Some("login.example.com"),
             reauth_codes: if answer.consent_is_reauth { &reauth_codes } else { &[] },
             answered_resend_safe: answer.resend_safe,
+            dpop: false,
         };
         let (content_type, body) = answer.body();
         let err = parse(answer.status, content_type, &body, &rules)
