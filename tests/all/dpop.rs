@@ -115,6 +115,19 @@ fn mocked(
     (tower_test::mock::Spawn::new(layer.layer(mock)), handle)
 }
 
+/// `future`'s output, or a panic where a step the test expects never comes (on the paused
+/// clock, a minute passes as soon as nothing else can run): a failure, never a hang.
+async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .expect("the step the test waits for never came")
+}
+
+/// The response a spawned request ends with.
+async fn answer<T>(response: tokio::task::JoinHandle<Result<T, tower::BoxError>>) -> T {
+    within(response).await.unwrap().unwrap()
+}
+
 /// What the API received: the token, the proof's claims, the body.
 async fn received(
     handle: &mut MockHandle,
@@ -125,7 +138,7 @@ async fn received(
     Bytes,
     tower_test::mock::SendResponse<Response<Full<Bytes>>>,
 ) {
-    let (request, reply) = handle.next_request().await.expect("a request");
+    let (request, reply) = within(handle.next_request()).await.expect("a request");
     assert!(request.headers()["dpop"].is_sensitive());
     assert!(request.headers()["authorization"].is_sensitive());
     let authorization = request.headers()["authorization"]
@@ -158,7 +171,7 @@ async fn each_request_carries_the_token_as_dpop_and_a_proof_of_its_own() {
         assert_eq!(body, "payload");
         jtis.push(claims["jti"].as_str().unwrap().to_owned());
         reply.send_response(ok());
-        let response = response.await.unwrap().unwrap();
+        let response = answer(response).await;
         assert_eq!(response.status(), 200);
         assert!(response.extensions().get::<RetryStatus>().is_none());
     }
@@ -197,7 +210,7 @@ async fn step_by_step_a_nonce_then_a_rejected_token_each_get_one_resend_and_neve
     // Another nonce: both resends are spent, so this answer goes back as it is.
     reply.send_response(challenge("use_dpop_nonce", Some("n-2")));
 
-    let response = response.await.unwrap().unwrap();
+    let response = answer(response).await;
     assert_eq!(response.status(), 401);
     assert_eq!(response.extensions().get(), Some(&RetryStatus::Retried));
     tokio_test::assert_pending!(tokio_test::task::spawn(handle.next_request()).poll());
@@ -211,7 +224,7 @@ async fn step_by_step_a_nonce_then_a_rejected_token_each_get_one_resend_and_neve
     let (_, claims, _, reply) = received(&mut handle, &source.key).await;
     assert_eq!(claims["nonce"], "n-2");
     reply.send_response(ok());
-    assert_eq!(next.await.unwrap().unwrap().status(), 200);
+    assert_eq!(answer(next).await.status(), 200);
 }
 
 #[tokio::test(start_paused = true)]
@@ -238,7 +251,7 @@ async fn step_by_step_a_rejected_token_then_a_nonce_each_get_one_resend() {
     // Rejected again: the token resend is spent, so no third refresh.
     reply.send_response(challenge("invalid_token", None));
 
-    let response = response.await.unwrap().unwrap();
+    let response = answer(response).await;
     assert_eq!(response.status(), 401);
     assert_eq!(response.extensions().get(), Some(&RetryStatus::Retried));
     tokio_test::assert_pending!(tokio_test::task::spawn(handle.next_request()).poll());
@@ -256,7 +269,7 @@ async fn a_nonce_challenge_without_a_new_nonce_is_returned_and_never_refreshes()
     let response = tokio::spawn(service.call(post("https://api.example.com/a")));
     let (_, _, _, reply) = received(&mut handle, &source.key).await;
     reply.send_response(challenge("use_dpop_nonce", None));
-    let response = response.await.unwrap().unwrap();
+    let response = answer(response).await;
     assert_eq!(response.status(), 401);
     assert!(response.extensions().get::<RetryStatus>().is_none());
 
@@ -268,18 +281,39 @@ async fn a_nonce_challenge_without_a_new_nonce_is_returned_and_never_refreshes()
     let (_, claims, _, reply) = received(&mut handle, &source.key).await;
     assert_eq!(claims["nonce"], "n-1");
     reply.send_response(challenge("use_dpop_nonce", Some("n-1")));
-    assert_eq!(first.await.unwrap().unwrap().status(), 401);
+    assert_eq!(answer(first).await.status(), 401);
 
     // A proof the API finds wrong is no reason to refresh the token either.
     tokio_test::assert_ready_ok!(service.poll_ready());
     let bad_proof = tokio::spawn(service.call(post("https://api.example.com/c")));
     let (_, _, _, reply) = received(&mut handle, &source.key).await;
     reply.send_response(challenge("invalid_dpop_proof", None));
-    assert_eq!(bad_proof.await.unwrap().unwrap().status(), 401);
+    assert_eq!(answer(bad_proof).await.status(), 401);
 
     tokio_test::assert_pending!(tokio_test::task::spawn(handle.next_request()).poll());
     assert_eq!(source.calls(), 1);
     assert_eq!(layer.stats().retries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_nonce_in_every_challenge_gets_one_resend_and_never_a_loop() {
+    let source = BoundSource::new();
+    let layer = RefreshLayer::new(source.clone());
+    let (mut service, mut handle) = mocked(&layer);
+    tokio_test::assert_ready_ok!(service.poll_ready());
+    let response = tokio::spawn(service.call(post("https://api.example.com/items")));
+    let (_, _, _, reply) = received(&mut handle, &source.key).await;
+    reply.send_response(challenge("use_dpop_nonce", Some("n-1")));
+    let (_, claims, _, reply) = received(&mut handle, &source.key).await;
+    assert_eq!(claims["nonce"], "n-1");
+    reply.send_response(challenge("use_dpop_nonce", Some("n-2")));
+
+    let response = answer(response).await;
+    assert_eq!(response.status(), 401);
+    assert!(response.extensions().get::<RetryStatus>().is_none());
+    tokio_test::assert_pending!(tokio_test::task::spawn(handle.next_request()).poll());
+    assert_eq!(source.calls(), 1);
+    assert_eq!(layer.stats().nonce_resends, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -301,14 +335,14 @@ async fn a_body_that_cannot_be_replayed_is_sent_once_and_its_nonce_kept_for_the_
 
     tokio_test::assert_ready_ok!(service.poll_ready());
     let response = tokio::spawn(service.call(streaming()));
-    let (request, reply) = handle.next_request().await.unwrap();
+    let (request, reply) = within(handle.next_request()).await.unwrap();
     assert!(
         proof_claims(request.headers(), &source.key)
             .get("nonce")
             .is_none()
     );
     reply.send_response(challenge("use_dpop_nonce", Some("n-1")));
-    let response = response.await.unwrap().unwrap();
+    let response = answer(response).await;
     assert_eq!(response.status(), 401);
     assert_eq!(
         response.extensions().get(),
@@ -318,10 +352,10 @@ async fn a_body_that_cannot_be_replayed_is_sent_once_and_its_nonce_kept_for_the_
 
     tokio_test::assert_ready_ok!(service.poll_ready());
     let response = tokio::spawn(service.call(streaming()));
-    let (request, reply) = handle.next_request().await.unwrap();
+    let (request, reply) = within(handle.next_request()).await.unwrap();
     assert_eq!(proof_claims(request.headers(), &source.key)["nonce"], "n-1");
     reply.send_response(ok());
-    assert_eq!(response.await.unwrap().unwrap().status(), 200);
+    assert_eq!(answer(response).await.status(), 200);
     assert_eq!(layer.stats().nonce_resends, 0);
 }
 
@@ -339,7 +373,7 @@ async fn each_origin_has_its_own_nonce_and_no_retry_means_no_nonce_resend_either
             .body(Full::new(Bytes::new()))
             .unwrap(),
     );
-    assert_eq!(response.await.unwrap().unwrap().status(), 200);
+    assert_eq!(answer(response).await.status(), 200);
 
     tokio_test::assert_ready_ok!(service.poll_ready());
     let mut request = post("https://b.example.com/x");
@@ -348,7 +382,7 @@ async fn each_origin_has_its_own_nonce_and_no_retry_means_no_nonce_resend_either
     let (_, claims, _, reply) = received(&mut handle, &source.key).await;
     assert!(claims.get("nonce").is_none(), "a's nonce is not b's");
     reply.send_response(challenge("use_dpop_nonce", Some("n-b")));
-    let response = response.await.unwrap().unwrap();
+    let response = answer(response).await;
     assert_eq!(response.extensions().get(), Some(&RetryStatus::Disabled));
     tokio_test::assert_pending!(tokio_test::task::spawn(handle.next_request()).poll());
 
@@ -357,7 +391,7 @@ async fn each_origin_has_its_own_nonce_and_no_retry_means_no_nonce_resend_either
     let (_, claims, _, reply) = received(&mut handle, &source.key).await;
     assert_eq!(claims["nonce"], "n-a");
     reply.send_response(ok());
-    assert_eq!(response.await.unwrap().unwrap().status(), 200);
+    assert_eq!(answer(response).await.status(), 200);
 }
 
 #[tokio::test]
@@ -470,6 +504,37 @@ mod over_http {
         assert_eq!(proof_claims(&last.headers, &source.key)["nonce"], "n-2");
         assert_eq!(proof_claims(&last.headers, &source.key)["htm"], "GET");
         assert_eq!(source.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn through_reqwest_a_new_nonce_in_every_challenge_gets_one_resend() {
+        let source = BoundSource::new();
+        let layer = RefreshLayer::new(source.clone());
+        let api = TokenEndpoint::start().await;
+        let rotations = Arc::new(AtomicUsize::new(0));
+        let counter = rotations.clone();
+        api.respond_with(move |_| {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            Answer::raw(401, None, "")
+                .header("www-authenticate", r#"DPoP error="use_dpop_nonce""#)
+                .header("dpop-nonce", &format!("n-{n}"))
+        });
+        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+            .with(layer.clone())
+            .build();
+        let sent = client.post(api.url()).body("payload").send();
+        let response = tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .expect("a request that is resent forever never ends")
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            api.requests().len(),
+            2,
+            "the first send and one nonce resend"
+        );
+        assert_eq!(source.calls(), 1);
+        assert_eq!(layer.stats().nonce_resends, 1);
     }
 
     #[tokio::test]
