@@ -13,8 +13,53 @@
 //!   `DPoP` challenge from an API) is resent once with it. That resend is separate from the
 //!   resend after a rejected token: a request gets at most one of each, and never loops.
 //!
+//! A custom [`TokenSource`](crate::TokenSource) binds its tokens the same way, by returning
+//! its key from [`dpop_key`](crate::TokenSource::dpop_key). Keyed layers prove each key's
+//! requests with that key's source's key. Replicas sharing tokens through a
+//! [`store`](crate::store) must share the key too: a token works only with the key it was
+//! bound to.
+//!
+//! ```
+//! # #[cfg(feature = "jwt-signing")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! use oauth_refresh::dpop::DpopKey;
+//! use oauth_refresh::oauth::Es256Key;
+//! use oauth_refresh::{ClientCredentials, RefreshLayer};
+//! use tower::{Layer, ServiceExt};
+//!
+//! let key = DpopKey::es256(Es256Key::generate()?);
+//! let grant = ClientCredentials::new("https://login.example.com/token", "svc", "s3cr3t")
+//!     .dpop(key.clone());
+//! let layer = RefreshLayer::new(grant);
+//! # drop(layer); // No network here: a source like the grant, bound to the same key.
+//! # let layer = RefreshLayer::new(Bound(key.clone()));
+//! # struct Bound(DpopKey);
+//! # impl oauth_refresh::TokenSource for Bound {
+//! #     fn fetch(&self, _: oauth_refresh::TokenRequest) -> oauth_refresh::BoxFuture<'_, Result<oauth_refresh::TokenSet, oauth_refresh::RefreshError>> {
+//! #         Box::pin(async { Ok(oauth_refresh::TokenSet::new(oauth_refresh::AccessToken::new("at-1"))) })
+//! #     }
+//! #     fn dpop_key(&self) -> Option<&DpopKey> { Some(&self.0) }
+//! # }
+//!
+//! let api = tower::service_fn(|request: http::Request<String>| async move {
+//!     assert_eq!(request.headers()["authorization"], "DPoP at-1");
+//!     assert_eq!(request.headers()["dpop"].as_bytes().split(|b| *b == b'.').count(), 3);
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! });
+//! let request = http::Request::get("https://api.example.com/items").body(String::new())?;
+//! layer.layer(api).oneshot(request).await?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "jwt-signing"))]
+//! # fn main() {}
+//! ```
+//!
 //! This module holds the proof and its key, [`DpopKey`], and the nonces each origin hands
-//! out, [`Nonces`], for requests the application sends itself.
+//! out, [`Nonces`], for requests the application sends itself: a proof for any request.
+//!
+//! To bind the authorization code itself as well (RFC 9449 §10), add `dpop_jkt` to the
+//! authorization request: `AuthorizationCode::param("dpop_jkt", key.thumbprint())`.
 //!
 //! ```
 //! # #[cfg(feature = "jwt-signing")]
