@@ -79,7 +79,14 @@ impl Authorization {
 
 impl fmt::Debug for Authorization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Bearer [redacted]")
+        // The scheme (`Bearer`, `DPoP`) is not a secret; the token after it is.
+        let header = self.get();
+        let scheme = header
+            .as_bytes()
+            .split(|b| *b == b' ')
+            .next()
+            .unwrap_or_default();
+        write!(f, "{} [redacted]", String::from_utf8_lossy(scheme))
     }
 }
 
@@ -119,6 +126,9 @@ mod tests {
         }
         assert_eq!(authorization.get(), "Bearer at-1");
         assert!(authorization.get().is_sensitive());
+        assert_eq!(format!("{authorization:?}"), "Bearer [redacted]");
+        let bound = Authorization::new(HeaderValue::from_static("DPoP at-1"));
+        assert_eq!(format!("{bound:?}"), "DPoP [redacted]");
         let one = Authorization::with_copies(HeaderValue::from_static("Bearer at-1"), Copies::One);
         assert_eq!(one.get(), "Bearer at-1");
         assert!(one.get().is_sensitive());
