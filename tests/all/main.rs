@@ -17,6 +17,9 @@ mod exchange;
 mod faults;
 #[cfg(feature = "reqwest")]
 mod interop_device;
+// DPoP proofs made with the built-in ES256 key.
+#[cfg(all(feature = "reqwest", feature = "jwt-signing"))]
+mod interop_dpop;
 #[cfg(feature = "reqwest")]
 mod revocation;
 // The grant tests use reqwest, the grants' default HTTP client.

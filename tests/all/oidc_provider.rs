@@ -1,6 +1,7 @@
 //! A real third-party authorization server for interop tests: the npm package `oidc-provider`,
 //! configured by `tests/interop/oidc-provider/server.mjs` (see the README there) and run on
-//! 127.0.0.1, one Node process per [`OidcProvider`], killed when it drops.
+//! 127.0.0.1, one Node process per [`OidcProvider`], killed when it drops. The same process
+//! serves a DPoP resource server on a second port ([`OidcProvider::resource_server`]).
 //!
 //! Node.js 20+ and npm must be installed: the first start in a test process runs `npm ci` in
 //! that folder when its `node_modules` lacks the pinned `oidc-provider`, and panics (never
@@ -78,13 +79,20 @@ pub const WORKLOAD_ID: &str = "workload";
 /// `openid offline_access api:read api:write`. The user's part: [`OidcProvider::approve_device`].
 pub const DEVICE_ID: &str = "device";
 pub const DEVICE_SECRET: &str = "device s3cr:t+/%&=~ 0123456789abcdef";
+/// DPoP-bound access tokens only (`dpop_bound_access_tokens`): client credentials,
+/// authorization code (PKCE S256 required, redirect URI [`APP_REDIRECT_URI`]) and refresh
+/// token (rotated); `client_secret_basic`; scope `openid offline_access api:read api:write`.
+/// Every token request needs a DPoP proof with the server's nonce (the first one is answered
+/// `use_dpop_nonce`); one without a proof is `invalid_grant`.
+pub const DPOP_APP_ID: &str = "dpop-app";
+pub const DPOP_APP_SECRET: &str = "dpop-app s3cr:t+/%&=~ 0123456789abcdef";
 
 /// Scopes every client may ask for (besides `openid` and `offline_access` for [`APP_ID`]).
 pub const API_SCOPES: &str = "api:read api:write";
 /// Access token lifetime of [`OidcProvider::start`], in seconds (`expires_in` says the same).
 pub const DEFAULT_ACCESS_TTL_SECS: u64 = 3;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STDERR_TAIL_LINES: usize = 40;
 const MAX_REDIRECTS: usize = 10;
 
@@ -118,11 +126,42 @@ pub struct Stats {
     pub device_code: u64,
     /// Requests to the revocation endpoint.
     pub revocation: u64,
+    /// Token requests with a `DPoP` header.
+    pub token_dpop: u64,
+    /// Token answers `use_dpop_nonce` (400, with `DPoP-Nonce`).
+    pub token_use_dpop_nonce: u64,
+    /// Token answers `invalid_dpop_proof`.
+    pub token_invalid_dpop_proof: u64,
+    /// Token requests refused (`invalid_grant`) because their proof's `jti` had been used.
+    pub token_dpop_replayed: u64,
+    /// Requests the DPoP resource server ([`OidcProvider::resource_server`]) answered 200.
+    pub resource_ok: u64,
+    /// Its 401 `use_dpop_nonce` answers: a proof without its current nonce.
+    pub resource_use_dpop_nonce: u64,
+    /// Its 401 `invalid_dpop_proof` answers to a proof whose `jti` it had accepted before.
+    pub resource_proof_replayed: u64,
+    /// Its other 401 `invalid_dpop_proof` answers: no proof, a bad signature, `typ`, `alg`,
+    /// `htm`, `htu`, `iat` (60 s either way), `jti` or `ath`.
+    pub resource_invalid_dpop_proof: u64,
+    /// Its 401 `invalid_token` answers to `Authorization: Bearer` (it takes the DPoP scheme only).
+    pub resource_bearer_refused: u64,
+    /// Its 401 `invalid_token` answers to a token it does not honour (unknown, expired,
+    /// revoked, not DPoP-bound) or no `Authorization: DPoP`.
+    pub resource_invalid_token: u64,
+    /// Its 401 `invalid_token` answers to a proof signed by another key than the token's
+    /// `cnf.jkt`.
+    pub resource_jkt_mismatch: u64,
 }
 
 /// A running oidc-provider on `issuer` (`http://127.0.0.1:<port>`), with its own state.
 pub struct OidcProvider {
     pub issuer: String,
+    /// The DPoP resource server of the same process (`http://127.0.0.1:<another port>`): any
+    /// method on `/dpop/...` answers 200 JSON (`client_id`, `sub`, `scope`, `jkt`, `method`,
+    /// `path`, `body_bytes`) to `Authorization: DPoP <token>` with a valid proof carrying its
+    /// current nonce, else 401 with a `DPoP` challenge; every answer carries `DPoP-Nonce`.
+    /// See the README; its counters are in [`Stats`].
+    pub resource_server: String,
     child: Child,
     /// Held open: the server exits when it closes, so it never outlives this test process.
     _stdin: ChildStdin,
@@ -222,10 +261,16 @@ impl OidcProvider {
                 format!("no ready line within {READY_TIMEOUT:?}"),
             ),
         };
-        let issuer = serde_json::from_str::<Value>(&line)
-            .ok()
-            .and_then(|ready| ready["issuer"].as_str().map(str::to_owned));
-        let Some(issuer) = issuer.filter(|issuer| issuer.starts_with("http://127.0.0.1:")) else {
+        let ready = serde_json::from_str::<Value>(&line).unwrap_or_default();
+        let loopback = |name: &str| {
+            ready[name]
+                .as_str()
+                .filter(|url| url.starts_with("http://127.0.0.1:"))
+                .map(str::to_owned)
+        };
+        let (Some(issuer), Some(resource_server)) =
+            (loopback("issuer"), loopback("resource_server"))
+        else {
             fail(
                 child,
                 stderr_reader,
@@ -239,6 +284,7 @@ impl OidcProvider {
             .expect("reqwest client");
         OidcProvider {
             issuer,
+            resource_server,
             child,
             _stdin: stdin,
             stderr_tail,
@@ -381,9 +427,21 @@ impl OidcProvider {
         state: &str,
         code_challenge: &str,
     ) -> String {
+        self.authorization_request(APP_ID, scope, state, code_challenge)
+    }
+
+    /// A full authorization request for `client_id` ([`APP_ID`], [`DPOP_APP_ID`], ...), whose
+    /// redirect URI is [`APP_REDIRECT_URI`]: response type `code`, PKCE S256.
+    pub fn authorization_request(
+        &self,
+        client_id: &str,
+        scope: &str,
+        state: &str,
+        code_challenge: &str,
+    ) -> String {
         let mut url = Url::parse(&self.authorization_url()).expect("authorization URL");
         url.query_pairs_mut()
-            .append_pair("client_id", APP_ID)
+            .append_pair("client_id", client_id)
             .append_pair("redirect_uri", APP_REDIRECT_URI)
             .append_pair("response_type", "code")
             .append_pair("scope", scope)
@@ -421,7 +479,34 @@ impl OidcProvider {
             jwt_bearer: count("jwt_bearer"),
             device_code: count("device_code"),
             revocation: count("revocation"),
+            token_dpop: count("token_dpop"),
+            token_use_dpop_nonce: count("token_use_dpop_nonce"),
+            token_invalid_dpop_proof: count("token_invalid_dpop_proof"),
+            token_dpop_replayed: count("token_dpop_replayed"),
+            resource_ok: count("resource_ok"),
+            resource_use_dpop_nonce: count("resource_use_dpop_nonce"),
+            resource_proof_replayed: count("resource_proof_replayed"),
+            resource_invalid_dpop_proof: count("resource_invalid_dpop_proof"),
+            resource_bearer_refused: count("resource_bearer_refused"),
+            resource_invalid_token: count("resource_invalid_token"),
+            resource_jkt_mismatch: count("resource_jkt_mismatch"),
         }
+    }
+
+    /// `{resource_server}/dpop{path}`: a URL the DPoP resource server protects (`path`
+    /// starts with `/`).
+    pub fn dpop_resource_url(&self, path: &str) -> String {
+        format!("{}/dpop{path}", self.resource_server)
+    }
+
+    /// Gives the DPoP resource server a new nonce and returns it: from now on a proof with
+    /// the old one is answered 401 `use_dpop_nonce` (with the new one in `DPoP-Nonce`).
+    pub async fn rotate_resource_nonce(&self) -> String {
+        let answer = self.post_admin("/__test/rotate_resource_nonce").await;
+        answer["nonce"]
+            .as_str()
+            .unwrap_or_else(|| panic!("oidc-provider: unexpected rotate answer {answer}"))
+            .to_owned()
     }
 
     /// Destroys every grant, refresh token, code and access token held: the next refresh
@@ -479,8 +564,8 @@ impl OidcProvider {
     }
 
     /// What the server holds of an access token it honours (`/__test/active`): `active`,
-    /// `client_id`, `sub`, `scope`, `exp`, `aud`, `gty` (`"token_exchange"`, `"jwt_bearer"`)
-    /// and `act` (an exchange's actor).
+    /// `client_id`, `sub`, `scope`, `exp`, `aud`, `gty` (`"token_exchange"`, `"jwt_bearer"`),
+    /// `act` (an exchange's actor) and `jkt` (a DPoP-bound token's key thumbprint, else null).
     pub async fn token_info(&self, access_token: &str) -> Value {
         let mut url = Url::parse(&format!("{}/__test/active", self.issuer)).expect("URL");
         url.query_pairs_mut().append_pair("token", access_token);
@@ -750,7 +835,10 @@ mod tests {
         assert_eq!(clients["jwt_bearer"]["client_id"], WORKLOAD_ID);
         assert_eq!(clients["device"]["client_id"], DEVICE_ID);
         assert_eq!(clients["device"]["client_secret"], DEVICE_SECRET);
-        for secret in [CC_BASIC_SECRET, CC_POST_SECRET, APP_SECRET] {
+        assert_eq!(clients["dpop"]["client_id"], DPOP_APP_ID);
+        assert_eq!(clients["dpop"]["client_secret"], DPOP_APP_SECRET);
+        assert_eq!(clients["dpop"]["redirect_uri"], APP_REDIRECT_URI);
+        for secret in [CC_BASIC_SECRET, CC_POST_SECRET, APP_SECRET, DPOP_APP_SECRET] {
             for special in [':', '+', '/', '%', '&', '=', '~', ' '] {
                 assert!(
                     secret.contains(special),

@@ -9,13 +9,15 @@
 //   EXIT_WITH_STDIN "1": exit when standard input closes (the harness sets it, so a server
 //                   never outlives the test process that started it, even one killed hard)
 //
-// Standard output carries exactly one line, once listening: {"issuer":"http://127.0.0.1:<port>"}.
-// Everything else goes to standard error.
+// Standard output carries exactly one line, once listening:
+// {"issuer":"http://127.0.0.1:<port>","resource_server":"http://127.0.0.1:<port>"}, the second
+// a DPoP resource server (RFC 9449) on a port of its own. Everything else goes to standard error.
 
-import { createPublicKey, generateKeyPairSync, verify } from 'node:crypto';
+import { createHash, createPublicKey, generateKeyPairSync, randomBytes, verify } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 
+import { calculateJwkThumbprint, EmbeddedJWK, jwtVerify } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 // Keep stdout for the ready line alone.
@@ -175,6 +177,20 @@ const stats = {
   // Device authorization grant (RFC 8628) polls and revocation (RFC 7009) requests.
   device_code: 0,
   revocation: 0,
+  // DPoP at the token endpoint: requests with a DPoP header, and the answers use_dpop_nonce,
+  // invalid_dpop_proof, and invalid_grant for a proof whose jti had been used.
+  token_dpop: 0,
+  token_use_dpop_nonce: 0,
+  token_invalid_dpop_proof: 0,
+  token_dpop_replayed: 0,
+  // The DPoP resource server, one counter per answer (see resourceServer below).
+  resource_ok: 0,
+  resource_use_dpop_nonce: 0,
+  resource_proof_replayed: 0,
+  resource_invalid_dpop_proof: 0,
+  resource_bearer_refused: 0,
+  resource_invalid_token: 0,
+  resource_jkt_mismatch: 0,
 };
 const presentedRefreshTokens = new Set();
 
@@ -365,6 +381,20 @@ const provider = new Provider(issuer, {
       token_endpoint_auth_method: 'client_secret_basic',
       scope: `openid offline_access ${API_SCOPES}`,
     },
+    // DPoP (RFC 9449): every access token of this client is bound to the key of the proof its
+    // token request carried (oidc-provider refuses a token request without one), and its
+    // token requests must carry this server's nonce (features.dPoP.requireNonce below).
+    {
+      client_id: CLIENTS.dpop.client_id,
+      client_secret: CLIENTS.dpop.client_secret,
+      application_type: 'native',
+      grant_types: ['client_credentials', 'authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      redirect_uris: [CLIENTS.dpop.redirect_uri],
+      token_endpoint_auth_method: 'client_secret_basic',
+      dpop_bound_access_tokens: true,
+      scope: `openid offline_access ${API_SCOPES}`,
+    },
     privateKeyJwtClient(CLIENTS.pkjwt_es256),
     privateKeyJwtClient(CLIENTS.pkjwt_rs256),
     // The device authorization grant (RFC 8628): a device without a browser; the test plays
@@ -386,6 +416,17 @@ const provider = new Provider(issuer, {
     clientCredentials: { enabled: true },
     revocation: { enabled: true },
     devInteractions: { enabled: false },
+    // DPoP proofs at the token endpoint (on by default in oidc-provider 9; said here for the
+    // nonce settings). Nonces need a 32-byte nonceSecret (lib/provider.js); without one
+    // oidc-provider hands out none. Nonces are HKDF(nonceSecret, 60 s time step): one is good
+    // for about 3 to 5 minutes and cannot be rotated on demand (lib/helpers/challenge.js).
+    // requireNonce is asked on every proof (lib/helpers/validate_dpop.js): a proof without a
+    // nonce, e.g. the first token request, is answered 400 use_dpop_nonce with DPoP-Nonce.
+    dPoP: {
+      enabled: true,
+      nonceSecret: randomBytes(32),
+      requireNonce: (ctx) => ctx.oidc?.client?.clientId === CLIENTS.dpop.client_id,
+    },
     // Device authorization at /device/auth, the user's page at /device; plain pages, since
     // only the test reads them.
     deviceFlow: {
@@ -439,6 +480,8 @@ provider.on('grant.error', (ctx, err) => {
   if (err.error_detail === 'client assertion tokens must only be used once') {
     stats.client_assertion_replayed += 1;
   }
+  // lib/helpers/validate_dpop.js checkDpopReplay: answered invalid_grant, like any grant error.
+  if (err.error_detail === 'DPoP proof JWT Replay detected') stats.token_dpop_replayed += 1;
 });
 
 provider.registerGrantType(
@@ -469,6 +512,10 @@ provider.use(async (ctx, next) => {
         ctx.body = { trusted: iss };
         return;
       }
+      case 'POST /__test/rotate_resource_nonce':
+        // The resource server's next nonce; the current one stops working at once.
+        ctx.body = { nonce: rotateResourceNonce() };
+        return;
       case 'POST /__test/revoke_all':
         ctx.body = { revoked: revokeAll() };
         return;
@@ -487,6 +534,8 @@ provider.use(async (ctx, next) => {
               aud: found.aud ?? null,
               gty: found.gty ?? null,
               act: actors.get(token) ?? null,
+              // A DPoP-bound token's key thumbprint (cnf.jkt), else null.
+              jkt: found.jkt ?? null,
             }
           : { active: false };
         return;
@@ -522,6 +571,9 @@ provider.use(async (ctx, next) => {
     else if (first(body.client_assertion_type) === CLIENT_ASSERTION_JWT) method = 'private_key_jwt';
     if (method) stats[method] += 1;
     if (ctx.body?.error === 'invalid_grant') stats.invalid_grant += 1;
+    if (ctx.get('dpop')) stats.token_dpop += 1;
+    if (ctx.body?.error === 'use_dpop_nonce') stats.token_use_dpop_nonce += 1;
+    if (ctx.body?.error === 'invalid_dpop_proof') stats.token_invalid_dpop_proof += 1;
 
     // oidc-provider takes client_secret_basic and client_secret_post interchangeably; this
     // server holds each client to the method it registered, and withholds what was issued.
@@ -581,6 +633,154 @@ provider.use(async (ctx, next) => {
 server.removeAllListeners('request');
 server.on('request', provider.callback());
 
+// ---------------------------------------------------------------------------------------------
+// A DPoP resource server (RFC 9449 §7, §9) on its own port, so that its nonces belong to
+// another origin than the token endpoint's. Any method on /dpop/...: 200 JSON if the request
+// carries `Authorization: DPoP <token>` and a proof that verifies, else 401 with a `DPoP`
+// challenge. This is the test's own resource server, not oidc-provider's; it reads the tokens
+// from the provider's models, as a resource server in the same process may.
+
+// Asymmetric algorithms only: the proof's key is in its header, so a MAC would prove nothing.
+const PROOF_ALGS = ['ES256', 'ES384', 'ES512', 'PS256', 'PS384', 'PS512', 'RS256', 'RS384', 'RS512', 'EdDSA', 'Ed25519'];
+// How far a proof's iat may be from now, either way, in seconds.
+const PROOF_IAT_WINDOW = 60;
+
+const newNonce = () => randomBytes(16).toString('base64url');
+let resourceNonce = newNonce();
+function rotateResourceNonce() {
+  resourceNonce = newNonce();
+  return resourceNonce;
+}
+
+// The jti of every proof accepted so far, until its iat leaves the window: jti -> iat.
+const seenProofs = new Map();
+function firstUse(jti, iat, now) {
+  for (const [seen, seenIat] of seenProofs) {
+    if (seenIat + PROOF_IAT_WINDOW < now) seenProofs.delete(seen);
+  }
+  if (seenProofs.has(jti)) return false;
+  seenProofs.set(jti, iat);
+  return true;
+}
+
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+
+class Refusal extends Error {
+  constructor(counter, error, description) {
+    super(description);
+    this.counter = counter;
+    this.error = error;
+  }
+}
+
+// Checks one request; returns what the token stands for, or throws a Refusal.
+async function verifyDpopRequest(req, origin) {
+  const [scheme, token, ...rest] = (req.headers.authorization ?? '').split(' ');
+  if (scheme.toLowerCase() === 'bearer') {
+    // RFC 9449 §7.2: a DPoP-bound token must not be accepted as a bearer token.
+    throw new Refusal('resource_bearer_refused', 'invalid_token', 'this resource takes DPoP-bound tokens under the DPoP scheme only');
+  }
+  if (scheme.toLowerCase() !== 'dpop' || !token || rest.length) {
+    throw new Refusal('resource_invalid_token', 'invalid_token', 'no Authorization: DPoP <token>');
+  }
+  const proof = req.headers.dpop;
+  if (typeof proof !== 'string' || !COMPACT_JWS.test(proof)) {
+    throw new Refusal('resource_invalid_dpop_proof', 'invalid_dpop_proof', 'the DPoP header is not one compact JWS');
+  }
+
+  let payload;
+  let protectedHeader;
+  try {
+    // jose checks the signature under the header's jwk (a public key only), typ and alg.
+    ({ payload, protectedHeader } = await jwtVerify(proof, EmbeddedJWK, { typ: 'dpop+jwt', algorithms: PROOF_ALGS }));
+  } catch (err) {
+    throw new Refusal('resource_invalid_dpop_proof', 'invalid_dpop_proof', `proof does not verify: ${err.message}`);
+  }
+  const bad = (why) => new Refusal('resource_invalid_dpop_proof', 'invalid_dpop_proof', why);
+  if (payload.htm !== req.method) throw bad('htm is not the request method');
+  // htu: the request URL without query and fragment (§4.3), compared as URLs.
+  const expected = new URL(req.url, origin);
+  expected.search = '';
+  expected.hash = '';
+  const htu = typeof payload.htu === 'string' ? URL.parse(payload.htu) : null;
+  if (htu) {
+    htu.search = '';
+    htu.hash = '';
+  }
+  if (htu?.href !== expected.href) throw bad('htu is not the request URL');
+  const now = Math.floor(Date.now() / 1000);
+  if (typeof payload.iat !== 'number' || Math.abs(now - payload.iat) > PROOF_IAT_WINDOW) {
+    throw bad(`iat is not within ${PROOF_IAT_WINDOW} s of now`);
+  }
+  if (typeof payload.jti !== 'string' || payload.jti === '') throw bad('no jti');
+  if (payload.ath !== createHash('sha256').update(token).digest('base64url')) {
+    throw bad('ath is not the hash of the access token');
+  }
+  // §9: the nonce is checked before the jti is remembered, so the resend with the nonce is
+  // not taken for a replay.
+  if (payload.nonce !== resourceNonce) {
+    throw new Refusal('resource_use_dpop_nonce', 'use_dpop_nonce', 'the proof must carry the current DPoP-Nonce');
+  }
+  if (!firstUse(payload.jti, payload.iat, now)) {
+    throw new Refusal('resource_proof_replayed', 'invalid_dpop_proof', 'the proof has been used before');
+  }
+
+  // The token, as oidc-provider holds it: a user's (code, refresh) or a client's own.
+  const found = (await provider.AccessToken.find(token)) ?? (await provider.ClientCredentials.find(token));
+  if (!found || found.isExpired) {
+    throw new Refusal('resource_invalid_token', 'invalid_token', 'the access token is not active');
+  }
+  const jkt = await calculateJwkThumbprint(protectedHeader.jwk, 'sha256');
+  if (!found.jkt) throw new Refusal('resource_invalid_token', 'invalid_token', 'the access token is not DPoP-bound');
+  if (found.jkt !== jkt) {
+    throw new Refusal('resource_jkt_mismatch', 'invalid_token', "the proof's key is not the one the token is bound to");
+  }
+  return { client_id: found.clientId, sub: found.accountId ?? null, scope: found.scope ?? null, jkt };
+}
+
+const resourceServer = createServer(async (req, res) => {
+  const answer = (status, body, challenge) => {
+    res.statusCode = status;
+    res.setHeader('content-type', 'application/json');
+    res.setHeader('cache-control', 'no-store');
+    // Every answer names the current nonce, as §9 allows: a client learns it without a 401.
+    res.setHeader('dpop-nonce', resourceNonce);
+    if (challenge) res.setHeader('www-authenticate', challenge);
+    res.end(JSON.stringify(body));
+  };
+  const url = new URL(req.url, resourceOrigin);
+  if (!url.pathname.startsWith('/dpop/')) {
+    answer(404, { error: 'not_found' });
+    return;
+  }
+  // Everything inside the try: a rejection escaping this handler (an aborted upload, say)
+  // would end the whole process.
+  try {
+    let bodyBytes = 0;
+    for await (const chunk of req) bodyBytes += chunk.length;
+    const token = await verifyDpopRequest(req, resourceOrigin);
+    stats.resource_ok += 1;
+    answer(200, { ...token, method: req.method, path: url.pathname, body_bytes: bodyBytes });
+  } catch (err) {
+    if (!(err instanceof Refusal)) {
+      console.error('resource server error', err);
+      answer(500, { error: 'server_error' });
+      return;
+    }
+    stats[err.counter] += 1;
+    console.error(`resource server: ${req.method} ${url.pathname}: ${err.error}: ${err.message}`);
+    const description = err.message.replace(/["\\]/g, "'");
+    const challenge = `DPoP error="${err.error}", error_description="${description}", algs="${PROOF_ALGS.join(' ')}"`;
+    answer(401, { error: err.error, error_description: err.message }, challenge);
+  }
+});
+resourceServer.listen(0, '127.0.0.1');
+await new Promise((resolve, reject) => {
+  resourceServer.once('listening', resolve);
+  resourceServer.once('error', reject);
+});
+const resourceOrigin = `http://127.0.0.1:${resourceServer.address().port}`;
+
 if (process.env.EXIT_WITH_STDIN === '1') {
   process.stdin.on('end', () => process.exit(0));
   process.stdin.on('error', () => process.exit(0));
@@ -590,5 +790,5 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
   process.on(signal, () => process.exit(0));
 }
 
-process.stdout.write(`${JSON.stringify({ issuer })}\n`);
-console.error(`oidc-provider listening: issuer ${issuer}, access tokens ${ACCESS_TTL}s, refresh tokens ${REFRESH_TTL}s`);
+process.stdout.write(`${JSON.stringify({ issuer, resource_server: resourceOrigin })}\n`);
+console.error(`oidc-provider listening: issuer ${issuer}, access tokens ${ACCESS_TTL}s, refresh tokens ${REFRESH_TTL}s; DPoP resource server ${resourceOrigin}`);
