@@ -263,16 +263,12 @@ where
     ResBody::Error: Into<BoxError>,
     H: Handle,
 {
-    let cell = handle.cell().await?;
-    if let Some(dpop) = cell.dpop() {
-        // Boxed, as the rare rest below: the bearer requests that wait keep a small future.
-        let dpop = dpop.clone();
-        return Box::pin(crate::dpop::tower::send(
-            handle, cell, dpop, service, request, resend,
-        ))
-        .await;
-    }
-    let token = cell.acquire().await.map_err(RefreshError::into_box)?;
+    let token = handle
+        .cell()
+        .await?
+        .acquire()
+        .await
+        .map_err(RefreshError::into_box)?;
     request
         .headers_mut()
         .insert(header::AUTHORIZATION, token.header.get());

@@ -5,19 +5,23 @@
 //! request whose body cannot be cloned (a stream) is sent once, its rejection returned as it
 //! came with [`RetryStatus::BodyNotReplayable`] in the response's extensions.
 //!
+//! With a DPoP key, each request carries a proof of its own, and an API's `use_dpop_nonce`
+//! gets one resend of its own (`send_proved`).
+//!
 //! Refresh failures are `reqwest_middleware::Error::Middleware`, holding the crate's own error
 //! type; the crate docs' reqwest quick start shows the downcast.
 
 use std::sync::Arc;
 
-use http::{Extensions, header};
+use http::{Extensions, Uri, header};
 use reqwest::{Request, Response, ResponseBuilderExt};
 use reqwest_middleware::{Error, Middleware, Next};
 
 use crate::body::RefreshBody;
-use crate::cell::TokenCell;
+use crate::cell::{Token, TokenCell};
 use crate::classify::Verdict;
-use crate::error::{InsecureTransport, RefreshError, is_loopback};
+use crate::dpop::{DPOP, Dpop, Resent, api_asks_for_nonce};
+use crate::error::{ConfigurationError, InsecureTransport, RefreshError, is_loopback};
 use crate::extension::{NoRetry, RetryStatus, SkipAuth};
 use crate::layer::RefreshLayer;
 use crate::resend::{drain, read_prefix, token_for_resend};
@@ -68,7 +72,7 @@ pub(crate) async fn send(
     }
     if let Some(dpop) = cell.dpop() {
         let dpop = dpop.clone();
-        let proved = crate::dpop::reqwest::send(cell, &dpop, options, request, extensions, next);
+        let proved = send_proved(cell, &dpop, options, request, extensions, next);
         return Box::pin(proved).await;
     }
     let (authorization, generation) = match cell.current() {
@@ -135,9 +139,120 @@ async fn resend(
     Ok(response)
 }
 
+/// Sends `request` with `cell`'s token and a proof; resends at most once for a nonce and
+/// once for a rejected token, through [`Request::try_clone`] copies.
+async fn send_proved(
+    cell: &Arc<TokenCell>,
+    dpop: &Dpop,
+    options: &Options,
+    mut request: Request,
+    extensions: &mut Extensions,
+    next: Next<'_>,
+) -> reqwest_middleware::Result<Response> {
+    let uri: Uri = request.url().as_str().parse().map_err(|_| {
+        Error::middleware(
+            ConfigurationError::local("dpop_htu")
+                .with_description("the request's URL cannot be named in a DPoP proof"),
+        )
+    })?;
+    let retry = options.retry && extensions.get::<NoRetry>().is_none();
+    let unavailable = match retry {
+        true => RetryStatus::BodyNotReplayable,
+        false => RetryStatus::Disabled,
+    };
+    // `None` for a streaming body: such a request is sent once, never failed up front.
+    let mut copy = if retry { request.try_clone() } else { None };
+    let mut token = cell.token().await.map_err(middleware_error)?;
+    let mut resent = Resent::default();
+    loop {
+        let nonce = prove(dpop, &token, &uri, &mut request).await?;
+        let response = next.clone().run(request, extensions).await?;
+        let asked = api_asks_for_nonce(response.status(), response.headers());
+        let new_nonce = dpop.learn(&uri, response.headers(), nonce.as_deref(), asked);
+        if asked {
+            // Not the token's fault: never a refresh.
+            if !new_nonce || resent.nonce {
+                return Ok(marked(response, resent.status(None)));
+            }
+            let Some(again) = next_copy(&mut copy, !resent.token) else {
+                return Ok(marked(response, resent.status(Some(unavailable))));
+            };
+            tracing::debug!("the API asked for its DPoP nonce; resending once with it");
+            resent.nonce = true;
+            cell.count_nonce_resend();
+            drain(http::Response::from(response).into_body()).await;
+            request = again;
+            continue;
+        }
+        let response = match options
+            .classifier
+            .classify(response.status(), response.headers())
+        {
+            Verdict::Accepted => return Ok(marked(response, resent.status(None))),
+            Verdict::TokenRejected => response,
+            Verdict::ReadBody { limit } => {
+                match Box::pin(read_body(options, response, limit)).await? {
+                    (false, response) => return Ok(marked(response, resent.status(None))),
+                    (true, response) => response,
+                }
+            }
+        };
+        // A second rejection is returned as it is: one resend, never a loop.
+        if resent.token {
+            return Ok(marked(response, resent.status(None)));
+        }
+        let Some(again) = next_copy(&mut copy, !resent.nonce) else {
+            // No resend, but the refresh the rejection asks for still starts.
+            cell.note_rejection(token.generation);
+            return Ok(marked(response, Some(unavailable)));
+        };
+        let Some(newer) = token_for_resend(cell, token.generation) else {
+            return Ok(marked(response, Some(RetryStatus::BackedOff)));
+        };
+        drain(http::Response::from(response).into_body()).await;
+        token = newer.await.map_err(middleware_error)?;
+        resent.token = true;
+        request = again;
+    }
+}
+
+/// Puts `token` and a new proof for it on `request`; returns the nonce the proof holds.
+async fn prove(
+    dpop: &Dpop,
+    token: &Token,
+    uri: &Uri,
+    request: &mut Request,
+) -> reqwest_middleware::Result<Option<Arc<str>>> {
+    let access_token = token.access_token();
+    let (proof, nonce) = dpop
+        .proof(request.method(), uri, Some(access_token.secret()))
+        .await
+        .map_err(middleware_error)?;
+    let headers = request.headers_mut();
+    headers.insert(header::AUTHORIZATION, token.header.get());
+    headers.insert(DPOP, proof);
+    Ok(nonce)
+}
+
+/// The request to resend now, keeping another copy if one more resend may follow.
+fn next_copy(copy: &mut Option<Request>, another: bool) -> Option<Request> {
+    let next = copy.take()?;
+    if another {
+        *copy = next.try_clone();
+    }
+    Some(next)
+}
+
+fn marked(mut response: Response, status: Option<RetryStatus>) -> Response {
+    if let Some(status) = status {
+        response.extensions_mut().insert(status);
+    }
+    response
+}
+
 /// Reads up to `limit` bytes of the body for the classifier's verdict, and gives the
 /// response back whole.
-pub(crate) async fn read_body(
+async fn read_body(
     options: &Options,
     response: Response,
     limit: usize,
@@ -173,7 +288,7 @@ fn insecure_host(url: &reqwest::Url) -> Option<&str> {
 /// A refresh failure as the error reqwest-middleware carries, holding the crate's own type
 /// ([`ReauthRequired`](crate::ReauthRequired), [`TransientError`](crate::TransientError) or
 /// [`ConfigurationError`](crate::ConfigurationError)) for `downcast_ref`.
-pub(crate) fn middleware_error(error: RefreshError) -> Error {
+fn middleware_error(error: RefreshError) -> Error {
     match error {
         RefreshError::Reauth(e) => Error::middleware(e),
         RefreshError::Transient(e) => Error::middleware(e),

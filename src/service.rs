@@ -139,13 +139,12 @@ where
             Gate::Send { retry } => retry,
         };
         let replay = replay_copy(options, &request, retry);
-        let fast = match self.shared.dpop {
-            // A proof per request, signed asynchronously: never the fast path.
-            true => None,
-            false => self.shared.cell.current_in_view(&mut self.view),
-        };
-        let Some((authorization, generation)) = fast else {
-            // EXPIRED (or DPoP): wait for the refresh, sign the proof.
+        if self.shared.dpop {
+            return self.send_proved(request, retry, replay);
+        }
+        let Some((authorization, generation)) = self.shared.cell.current_in_view(&mut self.view)
+        else {
+            // EXPIRED: wait for the refresh.
             let shared = self.shared.clone();
             return ResponseFuture::new(send_later(
                 &mut self.inner,
@@ -176,6 +175,39 @@ where
             self.shared.clone(),
             generation,
             resend,
+        ))
+    }
+}
+
+impl<S> Refresh<S> {
+    /// A request of a DPoP-bound token: a proof per request, signed asynchronously, so never
+    /// the fast path. Out of line, so that the bearer path's code stays as it was.
+    #[cold]
+    #[inline(never)]
+    fn send_proved<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        retry: bool,
+        replay: Option<Replay<ReqBody>>,
+    ) -> ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ReqBody: Send + 'static,
+        ResBody: Body + Send + 'static,
+        ResBody::Data: Send,
+        ResBody::Error: Into<BoxError>,
+    {
+        let shared = self.shared.clone();
+        ResponseFuture::new(send_later(
+            &mut self.inner,
+            retry,
+            replay,
+            move |service, resend| {
+                let cell = shared.cell.clone();
+                crate::dpop::tower::send(shared, cell, service, request, resend)
+            },
         ))
     }
 }

@@ -84,8 +84,6 @@
 
 mod nonce;
 mod proof;
-#[cfg(feature = "reqwest")]
-pub(crate) mod reqwest;
 pub(crate) mod tower;
 
 pub use nonce::Nonces;
@@ -97,6 +95,7 @@ use http::{HeaderValue, Method, StatusCode, Uri};
 
 use crate::classify::challenges;
 use crate::error::{ConfigurationError, RefreshError};
+use crate::extension::RetryStatus;
 
 /// The `DPoP` request header, which carries the proof.
 pub(crate) const DPOP: &str = "dpop";
@@ -176,4 +175,22 @@ pub(crate) fn api_asks_for_nonce(status: StatusCode, headers: &http::HeaderMap) 
         && challenges(headers).any(|challenge| {
             challenge.is_scheme("DPoP") && challenge.param("error") == Some(USE_DPOP_NONCE)
         })
+}
+
+/// Which resends a request has had: one of each kind at most.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Resent {
+    pub(crate) nonce: bool,
+    pub(crate) token: bool,
+}
+
+impl Resent {
+    /// The mark on the answer returned: [`RetryStatus::Retried`] once the token was
+    /// replaced, else why a resend that was needed could not be made.
+    pub(crate) fn status(self, not_resent: Option<RetryStatus>) -> Option<RetryStatus> {
+        match self.token {
+            true => Some(RetryStatus::Retried),
+            false => not_resent,
+        }
+    }
 }

@@ -8,43 +8,24 @@ use http_body::Body;
 use tower::ServiceExt;
 use tower_service::Service;
 
-use super::{DPOP, Dpop, api_asks_for_nonce};
+use super::{DPOP, Dpop, Resent, api_asks_for_nonce};
 use crate::BoxError;
 use crate::body::RefreshBody;
 use crate::cell::{Token, TokenCell};
 use crate::classify::Verdict;
 use crate::error::RefreshError;
 use crate::extension::RetryStatus;
-use crate::future::{Resend, classified};
+use crate::future::{Resend, classified, send_after_refresh};
 use crate::replay::{Replay, Replayers};
 use crate::resend::{drain, token_for_resend};
 use crate::shared::Handle;
 
-/// Which resends a request has had: one of each kind at most.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Resent {
-    pub(crate) nonce: bool,
-    pub(crate) token: bool,
-}
-
-impl Resent {
-    /// The mark on the answer returned: [`RetryStatus::Retried`] once the token was
-    /// replaced, else why a resend that was needed could not be made.
-    pub(crate) fn status(self, not_resent: Option<RetryStatus>) -> Option<RetryStatus> {
-        match self.token {
-            true => Some(RetryStatus::Retried),
-            false => not_resent,
-        }
-    }
-}
-
-/// Sends `request` with `cell`'s token (waiting for a refresh if it has none usable) and a
+/// Sends `request` with DPoP `cell`'s token (waiting for a refresh if it has none usable) and a
 /// proof; resends once with the nonce if the API asks for one it now has, and once with a
 /// newer token if the API rejects the token, each through a clone of `service`.
 pub(crate) async fn send<S, ReqBody, ResBody, H>(
     handle: H,
     cell: Arc<TokenCell>,
-    dpop: Dpop,
     service: S,
     request: Request<ReqBody>,
     resend: Resend<S, ReqBody>,
@@ -59,6 +40,10 @@ where
     ResBody::Error: Into<BoxError>,
     H: Handle,
 {
+    let Some(dpop) = cell.dpop().cloned() else {
+        // A cell without a key (never asked for here): the bearer path.
+        return Box::pin(send_after_refresh(handle, service, request, resend)).await;
+    };
     let options = handle.options();
     let (mut copy, unavailable) = match resend {
         Resend::Replay { replay, .. } => (Some(replay), RetryStatus::BodyNotReplayable),

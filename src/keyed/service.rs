@@ -190,28 +190,27 @@ where
                     replay,
                 )
             }
-            Found::Cell(cell) => {
-                // A DPoP cell's requests each need a proof of their own: none goes at once
-                // (nor is its token ever in the bucket).
-                let now = match cell.dpop() {
-                    Some(_) => None,
-                    None => cell.current(),
-                };
-                match now {
-                    Some((authorization, generation)) => send_now(
-                        &mut self.inner,
-                        request,
-                        authorization,
-                        (generation, KeyedHandle::Cell { cell, options }),
-                        retry,
-                        replay,
-                    ),
-                    None => send_later(&mut self.inner, retry, replay, move |service, resend| {
-                        let handle = KeyedHandle::<K>::Cell { cell, options };
-                        future::send_after_refresh(handle, service, request, resend)
-                    }),
-                }
+            // A DPoP cell's token is never in the bucket, and each of its requests needs a
+            // proof of its own: none goes at once.
+            Found::Cell(cell) if cell.dpop().is_some() => {
+                send_later(&mut self.inner, retry, replay, move |service, resend| {
+                    send_proved::<_, K, _, _>(cell, options, service, request, resend)
+                })
             }
+            Found::Cell(cell) => match cell.current() {
+                Some((authorization, generation)) => send_now(
+                    &mut self.inner,
+                    request,
+                    authorization,
+                    (generation, KeyedHandle::Cell { cell, options }),
+                    retry,
+                    replay,
+                ),
+                None => send_later(&mut self.inner, retry, replay, move |service, resend| {
+                    let handle = KeyedHandle::<K>::Cell { cell, options };
+                    future::send_after_refresh(handle, service, request, resend)
+                }),
+            },
             // The key's first request (or its first since eviction): make its cell, then go
             // as a request that waits for a refresh.
             Found::Absent => {
@@ -222,6 +221,11 @@ where
                     replay,
                     move |service, resend| async move {
                         let cell = cells.resolve(&key).await?;
+                        if cell.dpop().is_some() {
+                            let proved =
+                                send_proved::<_, K, _, _>(cell, options, service, request, resend);
+                            return proved.await;
+                        }
                         let handle = KeyedHandle::<K>::Cell { cell, options };
                         future::send_after_refresh(handle, service, request, resend).await
                     },
@@ -230,6 +234,34 @@ where
         };
         KeyedResponseFuture::new(exchange)
     }
+}
+
+/// A request of a DPoP cell (see [`dpop::tower::send`](crate::dpop::tower::send)), boxed: the
+/// bearer requests beside it keep a small future.
+fn send_proved<S, K, ReqBody, ResBody>(
+    cell: Arc<TokenCell>,
+    options: Arc<Options>,
+    service: S,
+    request: Request<ReqBody>,
+    resend: future::Resend<S, ReqBody>,
+) -> crate::BoxFuture<'static, Result<Response<RefreshBody<ResBody>>, BoxError>>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    K: Clone + Eq + Hash + Send + Sync + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Body + Send + 'static,
+    ResBody::Data: Send,
+    ResBody::Error: Into<BoxError>,
+{
+    let handle = KeyedHandle::<K>::Cell {
+        cell: cell.clone(),
+        options,
+    };
+    Box::pin(crate::dpop::tower::send(
+        handle, cell, service, request, resend,
+    ))
 }
 
 pin_project! {
