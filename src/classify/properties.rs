@@ -267,14 +267,17 @@ fn challenges_of(map: &HeaderMap) -> Vec<Challenge<'_>> {
     challenges(map).collect()
 }
 
-/// The default rule of the design, written from the model rather than the parser.
+/// The default rule of the design, written from the model rather than the parser. A `DPoP`
+/// challenge (RFC 9449 §7.1) counts as a `Bearer` one.
 fn expected_verdict(status: StatusCode, models: &[Model]) -> Verdict {
     if status != StatusCode::UNAUTHORIZED {
         return Verdict::Accepted;
     }
     let bearers: Vec<_> = models
         .iter()
-        .filter(|m| m.scheme.eq_ignore_ascii_case("bearer"))
+        .filter(|m| {
+            m.scheme.eq_ignore_ascii_case("bearer") || m.scheme.eq_ignore_ascii_case("dpop")
+        })
         .collect();
     let rejected = bearers.iter().any(|m| {
         let error = m
