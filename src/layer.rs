@@ -234,6 +234,9 @@ impl RefreshLayer {
     /// task of its own, within the refresh timeout: a caller that gives up does not cancel
     /// it.
     ///
+    /// Over a `store::SharedSource` (feature `store`), the other replicas are signed out too,
+    /// at their next refresh.
+    ///
     /// ```
     /// use oauth_refresh::{ReauthRequired, RefreshLayer, RefreshTokenGrant, Revoke, TokenUpdate};
     /// use tower::{ServiceBuilder, ServiceExt};

@@ -5,7 +5,8 @@
 //! `REPLICA_STORE` set, it signs nothing in: it takes the refresh token it is given, shares
 //! it through the store with the other replicas, sends requests for `REPLICA_SECS` seconds
 //! from `REPLICA_TASKS` concurrent tasks, asks the server whether each request's token was
-//! still active, and prints one JSON line of counts.
+//! still active, and prints one JSON line of counts. With `REPLICA_SIGN_OUT_AFTER_MS` set, it
+//! signs the user out that long after its start, telling the server nothing.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use oauth_refresh::BoxFuture;
 use oauth_refresh::store::{Keyring, RedisStore, SharedSource, StoreKey};
-use oauth_refresh::{BoxError, RefreshLayer, RefreshTokenGrant};
+use oauth_refresh::{BoxError, ReauthRequired, RefreshLayer, RefreshTokenGrant, Revoke};
 use tower::{Layer, Service, ServiceExt};
 
 fn env(name: &str) -> String {
@@ -29,6 +30,10 @@ struct Counts {
     first_token_ms: AtomicU64,
     /// Keyed: requests whose token the server issued for another user than theirs.
     wrong_user: AtomicU64,
+    /// Requests refused with `ReauthRequired` `signed_out` (here or by another replica).
+    signed_out: AtomicU64,
+    /// From the start until the last request that got a token.
+    last_sent_ms: AtomicU64,
 }
 
 fn lease() -> Duration {
@@ -79,6 +84,8 @@ fn main() {
             "errors": counts.errors.load(Ordering::Relaxed),
             "first_token_ms": counts.first_token_ms.load(Ordering::Relaxed),
             "wrong_user": counts.wrong_user.load(Ordering::Relaxed),
+            "signed_out": counts.signed_out.load(Ordering::Relaxed),
+            "last_sent_ms": counts.last_sent_ms.load(Ordering::Relaxed),
         })
     );
 }
@@ -110,6 +117,16 @@ async fn run() -> Arc<Counts> {
         counts: counts.clone(),
     };
     let began = Instant::now();
+    if let Ok(after) = std::env::var("REPLICA_SIGN_OUT_AFTER_MS") {
+        let (layer, after) = (layer.clone(), Duration::from_millis(after.parse().unwrap()));
+        tokio::spawn(async move {
+            tokio::time::sleep_until((began + after).into()).await;
+            // No revocation URL: the server is not told, and the refresh token stays good
+            // there. Only the store stops the other replicas.
+            let not_told = layer.sign_out(Revoke::RefreshToken).await;
+            eprintln!("replica: signed out ({not_told:?})");
+        });
+    }
     layer.refresh().await.expect("a first token");
     let first_token_ms = u64::try_from(began.elapsed().as_millis()).unwrap();
     counts
@@ -129,7 +146,18 @@ async fn run() -> Arc<Counts> {
                     .oneshot(http::Request::new(String::new()))
                     .await
                 {
-                    Ok(_) => counts.requests.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => {
+                        let ms = u64::try_from(began.elapsed().as_millis()).unwrap();
+                        counts.last_sent_ms.fetch_max(ms, Ordering::Relaxed);
+                        counts.requests.fetch_add(1, Ordering::Relaxed)
+                    }
+                    Err(error)
+                        if error
+                            .downcast_ref::<ReauthRequired>()
+                            .is_some_and(|reauth| reauth.error() == "signed_out") =>
+                    {
+                        counts.signed_out.fetch_add(1, Ordering::Relaxed)
+                    }
                     Err(error) => {
                         eprintln!("replica: request failed: {error}");
                         counts.errors.fetch_add(1, Ordering::Relaxed)

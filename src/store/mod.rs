@@ -35,6 +35,18 @@
 //! (several do, for this reason) close it on theirs. The persistence hook of the replica that
 //! refreshed still runs before its waiters are released, as without a store.
 //!
+//! **Signing in and out.** What the application installs on one replica reaches the others
+//! through the entry, by the persistence that follows it.
+//! [`set_tokens`](crate::RefreshLayer::set_tokens) (a new sign-in) writes its tokens there, so
+//! the fleet takes them and presents their refresh token from then on.
+//! [`sign_out`](crate::RefreshLayer::sign_out) writes an entry without tokens that names the
+//! refresh tokens signed out. A replica still holding one of them is signed out at its next
+//! refresh ([`ReauthRequired`](crate::ReauthRequired) `signed_out`, no token request), even
+//! when the server could not be told. A refresh that was at the server as the sign-out was
+//! written is signed out as well, and the token it received is named with the others. A new
+//! sign-in's refresh token, brought by a new cell's source, is presented as usual. Until its
+//! next refresh, a replica serves the access token it holds.
+//!
 //! **When the store is down.** The valid token keeps being served. A grant without a refresh
 //! token (client credentials, JWT bearer, token exchange) asks the token endpoint itself, so
 //! each replica refreshes on its own until the store is back; a grant with a refresh token

@@ -23,6 +23,13 @@ const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// expire is refreshed instead.
 const DEFAULT_MIN_LIFETIME: Duration = Duration::from_secs(30);
 
+/// Writes of a sign-in or a sign-out tried before giving up on an entry that changes under
+/// each of them.
+const PUBLISH_ATTEMPTS: usize = 4;
+
+/// Refresh tokens a signed-out entry names, the newest kept.
+const MAX_SIGNED_OUT: usize = 8;
+
 /// Wraps a [`TokenSource`] so that every refresh goes through a shared [`TokenStore`]: many
 /// replicas, one token and one refresh per lifetime.
 ///
@@ -43,6 +50,18 @@ const DEFAULT_MIN_LIFETIME: Duration = Duration::from_secs(30);
 ///   two replicas presenting one refresh token revoke the grant: the refresh fails as
 ///   [`TransientKind::StoreUnavailable`], the cell keeps serving its valid token and tries
 ///   again later.
+///
+/// A sign-in and a sign-out on one replica reach the others through the entry:
+///
+/// - tokens installed with [`set_tokens`](crate::RefreshLayer::set_tokens) are written to it
+///   (by the persistence that follows), so the other replicas take them at their next
+///   refresh, and the fleet presents their refresh token from then on;
+/// - a [`sign_out`](crate::RefreshLayer::sign_out) replaces it with one that holds no token and
+///   names the refresh tokens signed out (the cell's and the entry's). A replica whose own
+///   refresh token is one of them is signed out at its next refresh, with
+///   [`ReauthRequired`](crate::ReauthRequired) `signed_out` and no token request, even if the
+///   server was never told. A new sign-in's refresh token (a new cell's, a `set_tokens`) is
+///   presented as usual.
 ///
 /// The token cell around it stays the first level: requests read the cell, never the store.
 ///
@@ -73,6 +92,9 @@ pub struct SharedSource {
     /// The entry version this replica last took or wrote: an entry of that version holds the
     /// tokens the cell has, which is why it refreshes.
     seen: Mutex<Option<u64>>,
+    /// The refresh token of the last tokens this source answered, as the entry holds it: the
+    /// cell's persistence of those tokens writes nothing more.
+    answered: Mutex<Option<RefreshToken>>,
 }
 
 impl SharedSource {
@@ -105,6 +127,7 @@ impl SharedSource {
             lease: DEFAULT_LEASE,
             min_lifetime: DEFAULT_MIN_LIFETIME,
             seen: Mutex::new(None),
+            answered: Mutex::new(None),
         }
     }
 
@@ -130,6 +153,18 @@ impl SharedSource {
     fn see(&self, version: u64) {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         *seen = Some(seen.map_or(version, |seen| seen.max(version)));
+    }
+
+    fn answered(&self) -> Option<RefreshToken> {
+        self.answered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The entry holds `refresh_token` as the tokens this source answers now.
+    fn answer(&self, refresh_token: Option<RefreshToken>) {
+        *self.answered.lock().unwrap_or_else(PoisonError::into_inner) = refresh_token;
     }
 
     /// The entry now: its version and what it holds (`None` if it does not open).
@@ -159,8 +194,15 @@ impl SharedSource {
                 && let Some(tokens) = stored.usable(self.min_lifetime)
             {
                 self.see(version);
+                self.answer(tokens.refresh_token.clone());
                 tracing::debug!(key = %self.key, version, "tokens taken from the shared store");
                 return Ok(tokens);
+            }
+            if let Some(stored) = &stored
+                && stored.refuses(request.refresh_token.as_ref())
+            {
+                tracing::debug!(key = %self.key, "signed out on another replica");
+                return Err(signed_out_elsewhere());
             }
             let owner = LeaseOwner::random();
             match self.store.try_lease(&self.key, &owner, self.lease).await {
@@ -213,7 +255,7 @@ impl SharedSource {
         let result = self.extending(owner, fetch).await;
         let written = match &result {
             Ok(tokens) => {
-                let kept = tokens.refresh_token.clone().or(refresh_token);
+                let kept = tokens.refresh_token.clone().or(refresh_token.clone());
                 Stored::of(tokens, kept, sent_at)
             }
             // A failed answer that rotated the refresh token all the same: the fleet needs it.
@@ -225,9 +267,21 @@ impl SharedSource {
         };
         let sealed = self.keys.seal(&self.key, &written.encode());
         match self.store.write(&self.key, version, &sealed).await {
-            Ok(Written::Version(version)) => self.see(version),
+            Ok(Written::Version(version)) => {
+                self.see(version);
+                self.answer(written.refresh_token);
+            }
             Ok(Written::Conflict) => {
-                tracing::warn!(key = %self.key, "shared token entry changed under the lease")
+                // Only a sign-in or a sign-out writes without the lease.
+                if self
+                    .signed_out_meanwhile(refresh_token.as_ref(), written.refresh_token.clone())
+                    .await
+                {
+                    return Leased::Done(Err(signed_out_elsewhere()));
+                }
+                tracing::warn!(key = %self.key, "shared token entry changed under the lease");
+                // A sign-in's tokens are newer: the cell's persistence must not write over them.
+                self.answer(written.refresh_token);
             }
             // The tokens are good; the fleet's next refresh presents the older refresh token.
             // With rotation this is what an outage at this instant can cost.
@@ -236,6 +290,67 @@ impl SharedSource {
             }
         }
         Leased::Done(result)
+    }
+
+    /// After a write under the lease found the entry changed: whether it was a sign-out of the
+    /// refresh token this refresh `presented`. If so, the one it `received` is named signed
+    /// out too (once, best effort: the server's revocation of the grant covers it as well).
+    async fn signed_out_meanwhile(
+        &self,
+        presented: Option<&RefreshToken>,
+        received: Option<RefreshToken>,
+    ) -> bool {
+        let Ok((Some(version), Some(stored))) = self.read().await else {
+            return false;
+        };
+        if !stored.refuses(presented) {
+            return false;
+        }
+        let mut signed_out = stored.signed_out;
+        signed_out.extend(received);
+        let sealed = self
+            .keys
+            .seal(&self.key, &Stored::signed_out(signed_out).encode());
+        if let Err(error) = self.store.write(&self.key, Some(version), &sealed).await {
+            tracing::warn!(key = %self.key, %error, "shared token entry not written");
+        }
+        true
+    }
+
+    /// Writes to the entry what the cell holds that did not come from this source: a
+    /// sign-in's tokens ([`set_tokens`](crate::RefreshLayer::set_tokens)) or a sign-out. The
+    /// tokens of a refresh are in the entry already.
+    async fn publish(&self, update: &TokenUpdate) -> Result<(), StoreError> {
+        if !update.is_removal() && update.refresh_token == self.answered() {
+            return Ok(());
+        }
+        for _ in 0..PUBLISH_ATTEMPTS {
+            let (version, stored) = self.read().await?;
+            let (signed_out, fleets) = stored.map_or_else(Default::default, |stored| {
+                (stored.signed_out, stored.refresh_token)
+            });
+            let next = if update.is_removal() {
+                // Every refresh token the fleet might present: the cell's and the entry's.
+                let mut signed_out = signed_out;
+                signed_out.extend(update.previous_refresh_token.clone());
+                signed_out.extend(fleets);
+                Stored::signed_out(signed_out)
+            } else {
+                Stored::signed_in(update, signed_out)
+            };
+            let sealed = self.keys.seal(&self.key, &next.encode());
+            match self.store.write(&self.key, version, &sealed).await? {
+                Written::Version(version) => {
+                    self.see(version);
+                    self.answer(next.refresh_token);
+                    return Ok(());
+                }
+                Written::Conflict => continue,
+            }
+        }
+        Err(StoreError::new(
+            "the shared token entry changed under every write",
+        ))
     }
 
     /// Runs the token request, extending the lease every third of it meanwhile.
@@ -281,6 +396,13 @@ enum Leased {
     Moved,
 }
 
+/// What a refresh gets whose refresh token another replica signed out.
+fn signed_out_elsewhere() -> RefreshError {
+    crate::ReauthRequired::local("signed_out")
+        .with_description("the user was signed out on another replica")
+        .into()
+}
+
 fn unavailable(error: StoreError) -> RefreshError {
     TransientError::new(TransientKind::StoreUnavailable)
         .with_source(error)
@@ -313,7 +435,14 @@ impl TokenSource for SharedSource {
     }
 
     fn persist(&self, update: &TokenUpdate) -> BoxFuture<'_, Result<(), BoxError>> {
-        self.inner.persist(update)
+        let own = self.inner.persist(update);
+        let update = update.clone();
+        Box::pin(async move {
+            // Both run even if the first fails: each is a store the application relies on.
+            let own = own.await;
+            let shared = self.publish(&update).await.map_err(BoxError::from);
+            own.and(shared)
+        })
     }
 
     fn revoke(&self, request: RevocationRequest) -> BoxFuture<'_, Result<(), RevocationError>> {
@@ -434,12 +563,16 @@ impl fmt::Debug for SharedSource {
 }
 
 /// What an entry holds once opened.
+#[derive(Default)]
 struct Stored {
     access_token: Option<AccessToken>,
     /// Wall-clock time, since replicas share no monotonic clock.
     expires_at: Option<SystemTime>,
     refresh_token: Option<RefreshToken>,
     scope: Option<String>,
+    /// Refresh tokens signed out: a replica holding one of them is signed out too, unless
+    /// the entry holds a refresh token of its own to present instead.
+    signed_out: Vec<RefreshToken>,
 }
 
 impl Stored {
@@ -452,16 +585,50 @@ impl Stored {
                 .and_then(|lifetime| sent_at.checked_add(lifetime)),
             refresh_token,
             scope: tokens.scope.clone(),
+            signed_out: Vec::new(),
         }
     }
 
     fn refresh_token_only(refresh_token: RefreshToken) -> Self {
         Stored {
-            access_token: None,
-            expires_at: None,
             refresh_token: Some(refresh_token),
-            scope: None,
+            ..Stored::default()
         }
+    }
+
+    /// The tokens of a sign-in, still refusing what was signed out before (a replica that
+    /// holds such a token presents the new refresh token, or none if the sign-in brought none).
+    fn signed_in(update: &TokenUpdate, signed_out: Vec<RefreshToken>) -> Self {
+        Stored {
+            access_token: update.access_token.clone(),
+            expires_at: update.expires_at,
+            refresh_token: update.refresh_token.clone(),
+            scope: update.scope.clone(),
+            signed_out,
+        }
+    }
+
+    /// An entry without tokens that refuses `refresh_tokens` (the newest few, once each).
+    fn signed_out(refresh_tokens: Vec<RefreshToken>) -> Self {
+        let mut newest_first: Vec<RefreshToken> = Vec::new();
+        for token in refresh_tokens.into_iter().rev() {
+            if !newest_first.contains(&token) {
+                newest_first.push(token);
+            }
+        }
+        newest_first.truncate(MAX_SIGNED_OUT);
+        newest_first.reverse();
+        Stored {
+            signed_out: newest_first,
+            ..Stored::default()
+        }
+    }
+
+    /// Whether a replica holding `refresh_token` is signed out: it is one signed out, and
+    /// the entry holds no other to present instead.
+    fn refuses(&self, refresh_token: Option<&RefreshToken>) -> bool {
+        self.refresh_token.is_none()
+            && refresh_token.is_some_and(|token| self.signed_out.contains(token))
     }
 
     /// The tokens as a source answers them, if they have `min_lifetime` to live.
@@ -489,6 +656,7 @@ impl Stored {
             "expires_at_ms": self.expires_at.map(millis),
             "refresh_token": self.refresh_token.as_ref().map(RefreshToken::secret),
             "scope": self.scope,
+            "signed_out": self.signed_out.iter().map(RefreshToken::secret).collect::<Vec<_>>(),
         })
         .to_string()
         .into_bytes()
@@ -506,6 +674,57 @@ impl Stored {
                 .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms))),
             refresh_token: text("refresh_token").map(RefreshToken::new),
             scope: text("scope"),
+            signed_out: value
+                .get("signed_out")
+                .and_then(serde_json::Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_str)
+                .map(RefreshToken::new)
+                .collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(names: &[&str]) -> Vec<RefreshToken> {
+        names.iter().map(|name| RefreshToken::new(*name)).collect()
+    }
+
+    #[test]
+    fn a_signed_out_entry_keeps_the_newest_tokens_once_each_and_opens_as_written() {
+        let many: Vec<String> = (0..12).map(|n| format!("rt-{n}")).collect();
+        let mut names: Vec<&str> = many.iter().map(String::as_str).collect();
+        names.push("rt-11");
+        let entry = Stored::signed_out(tokens(&names));
+        assert_eq!(
+            entry.signed_out,
+            tokens(&many[4..].iter().map(String::as_str).collect::<Vec<_>>())
+        );
+
+        let opened = Stored::decode(&entry.encode()).unwrap();
+        assert_eq!(opened.signed_out, entry.signed_out);
+        assert!(opened.refuses(Some(&RefreshToken::new("rt-11"))));
+        assert!(
+            !opened.refuses(Some(&RefreshToken::new("rt-3"))),
+            "dropped past the cap"
+        );
+        assert!(!opened.refuses(None));
+        // An entry written before sign-outs were stored names none.
+        let older = Stored::decode(br#"{"refresh_token":"rt-1"}"#).unwrap();
+        assert!(older.signed_out.is_empty());
+    }
+
+    #[test]
+    fn an_entry_with_a_refresh_token_to_present_refuses_nobody() {
+        let update = TokenUpdate::new(Some(RefreshToken::new("rt-new")));
+        let entry = Stored::signed_in(&update, tokens(&["rt-old"]));
+        assert!(!entry.refuses(Some(&RefreshToken::new("rt-old"))));
+        let reopened = Stored::decode(&entry.encode()).unwrap();
+        assert_eq!(reopened.signed_out, tokens(&["rt-old"]));
+        assert_eq!(reopened.refresh_token, Some(RefreshToken::new("rt-new")));
     }
 }

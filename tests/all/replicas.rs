@@ -34,32 +34,32 @@ fn replica_binary() -> PathBuf {
         .expect("the replica test binary (cargo test builds it with features redis and reqwest)")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_replica_processes_share_one_rotating_grant_with_one_refresh_per_token() {
-    let redis = RedisServer::start();
-    let provider = OidcProvider::start_with(LIFETIME_SECS).await;
-    let grant = sign_in(&provider).await;
-    let refresh_token = grant.refresh_token().unwrap().secret().to_owned();
-    provider.reset().await;
+/// A replica process sharing the grant of `refresh_token` at `provider` through `redis`, for
+/// `secs` seconds from `tasks` tasks; its counts come on its stdout.
+fn replica_command(
+    redis: &RedisServer,
+    provider: &OidcProvider,
+    refresh_token: &str,
+    secs: u64,
+    tasks: u32,
+) -> Command {
+    let mut command = Command::new(replica_binary());
+    command
+        .env("REPLICA_STORE", redis.url())
+        .env("REPLICA_TOKEN_URL", provider.token_url())
+        .env("REPLICA_ISSUER", &provider.issuer)
+        .env("REPLICA_CLIENT_ID", APP_ID)
+        .env("REPLICA_CLIENT_SECRET", APP_SECRET)
+        .env("REPLICA_REFRESH_TOKEN", refresh_token)
+        .env("REPLICA_SECS", secs.to_string())
+        .env("REPLICA_TASKS", tasks.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}
 
-    let binary = replica_binary();
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            Command::new(&binary)
-                .env("REPLICA_STORE", redis.url())
-                .env("REPLICA_TOKEN_URL", provider.token_url())
-                .env("REPLICA_ISSUER", &provider.issuer)
-                .env("REPLICA_CLIENT_ID", APP_ID)
-                .env("REPLICA_CLIENT_SECRET", APP_SECRET)
-                .env("REPLICA_REFRESH_TOKEN", &refresh_token)
-                .env("REPLICA_SECS", RUN_SECS.to_string())
-                .env("REPLICA_TASKS", "4")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("a replica process")
-        })
-        .collect();
+/// Waits for every child and reads the counts each printed.
+async fn counts_of(children: Vec<std::process::Child>) -> Vec<Value> {
     let outputs = tokio::task::spawn_blocking(move || {
         children
             .into_iter()
@@ -68,14 +68,36 @@ async fn four_replica_processes_share_one_rotating_grant_with_one_refresh_per_to
     })
     .await
     .unwrap();
+    outputs
+        .iter()
+        .map(|output| {
+            assert!(
+                output.status.success(),
+                "a replica failed: {:?}",
+                output.status
+            );
+            serde_json::from_slice(&output.stdout).expect("the replica's counts")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_replica_processes_share_one_rotating_grant_with_one_refresh_per_token() {
+    let redis = RedisServer::start();
+    let provider = OidcProvider::start_with(LIFETIME_SECS).await;
+    let grant = sign_in(&provider).await;
+    let refresh_token = grant.refresh_token().unwrap().secret().to_owned();
+    provider.reset().await;
+
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            replica_command(&redis, &provider, &refresh_token, RUN_SECS, 4)
+                .spawn()
+                .expect("a replica process")
+        })
+        .collect();
     let mut requests = 0;
-    for output in &outputs {
-        assert!(
-            output.status.success(),
-            "a replica failed: {:?}",
-            output.status
-        );
-        let counts: Value = serde_json::from_slice(&output.stdout).expect("the replica's counts");
+    for counts in counts_of(children).await {
         assert_eq!(counts["errors"], 0, "{counts}");
         assert_eq!(
             counts["inactive"], 0,
@@ -117,19 +139,8 @@ async fn a_replica_killed_holding_the_lease_delays_the_others_by_at_most_the_lea
     let refresh_token = grant.refresh_token().unwrap().secret().to_owned();
     provider.reset().await;
     let replica = |hold: bool| {
-        let mut command = Command::new(replica_binary());
-        command
-            .env("REPLICA_STORE", redis.url())
-            .env("REPLICA_TOKEN_URL", provider.token_url())
-            .env("REPLICA_ISSUER", &provider.issuer)
-            .env("REPLICA_CLIENT_ID", APP_ID)
-            .env("REPLICA_CLIENT_SECRET", APP_SECRET)
-            .env("REPLICA_REFRESH_TOKEN", &refresh_token)
-            .env("REPLICA_SECS", "1")
-            .env("REPLICA_TASKS", "2")
-            .env("REPLICA_LEASE_MS", LEASE_MS.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut command = replica_command(&redis, &provider, &refresh_token, 1, 2);
+        command.env("REPLICA_LEASE_MS", LEASE_MS.to_string());
         if hold {
             command.env("REPLICA_HOLD_LEASE", "1");
         }
@@ -261,4 +272,58 @@ async fn four_keyed_replica_processes_share_fifty_users_with_one_refresh_per_tok
         refreshes <= USERS as u64 * per_user,
         "more than one refresh per token: {stats:?}"
     );
+}
+
+/// One of four replica processes signs the user out mid-run without telling the server (the
+/// refresh token stays good there). The others stop within a token lifetime, and from the
+/// sign-out on no replica makes a token request: the store's entry signs them out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_out_in_one_replica_process_signs_the_others_out_within_a_token_lifetime() {
+    const SIGN_OUT_MS: u64 = 4000;
+    const SECS: u64 = 10;
+    let redis = RedisServer::start();
+    let provider = OidcProvider::start_with(LIFETIME_SECS).await;
+    let grant = sign_in(&provider).await;
+    let refresh_token = grant.refresh_token().unwrap().secret().to_owned();
+    provider.reset().await;
+
+    let mut children = Vec::new();
+    for replica in 0..4 {
+        let mut command = replica_command(&redis, &provider, &refresh_token, SECS, 2);
+        if replica == 0 {
+            command.env("REPLICA_SIGN_OUT_AFTER_MS", SIGN_OUT_MS.to_string());
+        }
+        children.push(command.spawn().expect("a replica process"));
+    }
+    // Well after the sign-out, and after any refresh that was at the server then.
+    tokio::time::sleep(Duration::from_millis(SIGN_OUT_MS + 2000)).await;
+    let after_sign_out = provider.stats().await;
+    let counts = counts_of(children).await;
+
+    for (replica, counts) in counts.iter().enumerate() {
+        eprintln!("replica {replica}: {counts}");
+        assert_eq!(counts["errors"], 0, "replica {replica}: {counts}");
+        assert_eq!(counts["inactive"], 0, "replica {replica}: {counts}");
+        assert!(
+            counts["signed_out"].as_u64().unwrap() > 0,
+            "replica {replica} was never signed out: {counts}"
+        );
+        let last_sent = counts["last_sent_ms"].as_u64().unwrap();
+        let within = match replica {
+            0 => SIGN_OUT_MS + 200,
+            _ => SIGN_OUT_MS + LIFETIME_SECS * 1000 + 1000,
+        };
+        assert!(
+            (SIGN_OUT_MS - 1000..=within).contains(&last_sent),
+            "replica {replica} sent its last request {last_sent} ms in: {counts}"
+        );
+    }
+    let stats = provider.stats().await;
+    assert!(after_sign_out.refresh_token >= 1, "{stats:?}");
+    assert_eq!(
+        stats.refresh_token, after_sign_out.refresh_token,
+        "a replica refreshed the signed-out grant: {stats:?}"
+    );
+    assert_eq!(stats.refresh_token_reused, 0, "{stats:?}");
+    assert_eq!(stats.invalid_grant, 0, "{stats:?}");
 }

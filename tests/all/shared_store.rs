@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use oauth_refresh::store::{Keyring, LeaseOwner, RedisStore, SharedSource, StoreKey, TokenStore};
 use oauth_refresh::{
-    AccessToken, BoxFuture, ReauthRequired, RefreshError, RefreshLayer, RefreshToken, TokenRequest,
-    TokenSet, TokenSource, TransientKind,
+    AccessToken, BoxFuture, ReauthRequired, RefreshError, RefreshLayer, RefreshToken,
+    RevocationError, Revoke, TokenRequest, TokenSet, TokenSource, TransientKind,
 };
 use tower::{Layer, ServiceExt};
 
@@ -34,6 +34,7 @@ struct Server {
     presented: HashSet<String>,
     requests: u32,
     reused: u32,
+    log: Vec<String>,
 }
 
 impl Rotating {
@@ -53,11 +54,33 @@ impl Rotating {
 
     /// A replica's grant: starts from the refresh token every replica was configured with.
     fn grant(&self) -> RotatingGrant {
-        RotatingGrant(self.clone())
+        self.grant_from("rt-0")
+    }
+
+    /// A grant that starts from `refresh_token` (a new sign-in's, as the application stored it).
+    fn grant_from(&self, refresh_token: &str) -> RotatingGrant {
+        RotatingGrant(self.clone(), refresh_token.to_owned())
+    }
+
+    /// The user signs in again (an authorization code redeemed elsewhere): a new grant, whose
+    /// refresh token is now the only one that works.
+    fn sign_in(&self) -> TokenSet {
+        let mut server = self.0.lock().unwrap();
+        server.issued += 1;
+        let n = server.issued;
+        server.current = Some(format!("rt-{n}"));
+        TokenSet::new(AccessToken::new(format!("at-{n}")))
+            .with_refresh_token(format!("rt-{n}"))
+            .with_expires_in(LIFETIME)
+    }
+
+    /// Every refresh token presented, in order.
+    fn presented(&self) -> Vec<String> {
+        self.0.lock().unwrap().log.clone()
     }
 }
 
-struct RotatingGrant(Rotating);
+struct RotatingGrant(Rotating, String);
 
 impl TokenSource for RotatingGrant {
     fn fetch(&self, request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
@@ -70,6 +93,7 @@ impl TokenSource for RotatingGrant {
             let Some(presented) = presented else {
                 return Err(ReauthRequired::new("invalid_request").into());
             };
+            server.log.push(presented.clone());
             if !server.presented.insert(presented.clone())
                 || server.current.as_ref() != Some(&presented)
             {
@@ -90,7 +114,7 @@ impl TokenSource for RotatingGrant {
     }
 
     fn initial_refresh_token(&self) -> Option<RefreshToken> {
-        Some(RefreshToken::new("rt-0"))
+        Some(RefreshToken::new(self.1.clone()))
     }
 }
 
@@ -208,6 +232,9 @@ async fn replicas_never_present_a_rotated_refresh_token_twice() {
     }
     assert_eq!(rotating.reused(), 0, "a refresh token was presented twice");
     assert_eq!(rotating.requests(), 6, "one refresh per round");
+    // One write per refresh: the cells' persistence of the tokens they took writes nothing.
+    let raw = RedisStore::connect(&server.url(), "t:").await.unwrap();
+    assert_eq!(raw.read("svc").await.unwrap().unwrap().version, 6);
 }
 
 #[tokio::test]
@@ -383,4 +410,187 @@ async fn keyed_replicas_share_one_refresh_per_key() {
             "{user}: one token request for 3 replicas"
         );
     }
+}
+
+/// A sign-out on one replica reaches the others through the entry: at their next refresh they
+/// present nothing and are signed out too, even though the server was never told (this grant
+/// has no revocation endpoint, so the refresh token would still work).
+#[tokio::test]
+async fn a_sign_out_on_one_replica_signs_the_others_out_at_their_next_refresh() {
+    let server = RedisServer::start();
+    let rotating = Rotating::new();
+    let a = replica(&server, rotating.grant()).await;
+    let b = replica(&server, rotating.grant()).await;
+    a.refresh().await.unwrap();
+    b.refresh().await.unwrap();
+    assert_eq!(token_of(&b).await, "at-1", "taken from the store");
+
+    let not_told = a.sign_out(Revoke::RefreshToken).await.unwrap_err();
+    assert!(
+        matches!(not_told, RevocationError::Unsupported),
+        "{not_told:?}"
+    );
+    let requests = rotating.requests();
+    b.invalidate();
+    let error = b
+        .refresh()
+        .await
+        .expect_err("signed out on another replica");
+    let RefreshError::Reauth(reauth) = &error else {
+        panic!("{error:?}")
+    };
+    assert_eq!(reauth.error(), "signed_out");
+    assert_eq!(
+        rotating.requests(),
+        requests,
+        "the signed-out refresh token was presented"
+    );
+    // A replica started afresh, with the refresh token it was configured with, is out too.
+    let c = replica(&server, rotating.grant_from("rt-1")).await;
+    let error = c.refresh().await.expect_err("signed out");
+    assert!(
+        matches!(&error, RefreshError::Reauth(r) if r.error() == "signed_out"),
+        "{error:?}"
+    );
+    assert_eq!(rotating.requests(), requests);
+}
+
+/// A new sign-in installed on one replica (`set_tokens`) is the fleet's: the others take its
+/// tokens, and every later refresh presents its refresh token, never the signed-out one.
+#[tokio::test]
+async fn a_sign_in_after_a_sign_out_is_shared_and_its_refresh_token_presented() {
+    let server = RedisServer::start();
+    let rotating = Rotating::new();
+    let a = replica(&server, rotating.grant()).await;
+    let b = replica(&server, rotating.grant()).await;
+    a.refresh().await.unwrap();
+    b.refresh().await.unwrap();
+    drop(a.sign_out(Revoke::RefreshToken).await);
+
+    let signed_in = rotating.sign_in();
+    a.set_tokens(signed_in).unwrap();
+    // The write to the store is the persistence that set_tokens starts: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let b_token = loop {
+        b.invalidate();
+        if let Ok(()) = b.refresh().await {
+            break token_of(&b).await;
+        }
+        assert!(Instant::now() < deadline, "the sign-in never reached b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(b_token, "at-2", "b took the new sign-in's token");
+    for _ in 0..3 {
+        refresh_together(&[a.clone(), b.clone()]).await;
+    }
+    assert_eq!(rotating.reused(), 0, "{:?}", rotating.presented());
+    assert_eq!(
+        rotating.presented(),
+        ["rt-0", "rt-2", "rt-3", "rt-4"],
+        "one refresh per round, from the new sign-in's refresh token"
+    );
+}
+
+/// A keyed layer: after a sign-out, the user signs in again and the application's factory
+/// gives the key's next cell the new refresh token. The store's entry no longer holds the
+/// signed-out one, so that new token is presented, not the old one.
+#[tokio::test]
+async fn after_a_sign_out_a_keys_next_cell_presents_the_new_sign_ins_refresh_token() {
+    use oauth_refresh::keyed::{KeyedRefreshLayer, factory_fn};
+    use oauth_refresh::store::SharedFactory;
+
+    let server = RedisServer::start();
+    let rotating = Rotating::new();
+    // The application's database: the user's refresh token, as the last sign-in stored it.
+    let stored = Arc::new(Mutex::new("rt-0".to_owned()));
+    let users = {
+        let (rotating, stored) = (rotating.clone(), stored.clone());
+        factory_fn(move |_user: String| {
+            let grant = rotating.grant_from(&stored.lock().unwrap());
+            async move { Ok(Some(Box::new(grant) as Box<dyn TokenSource>)) }
+        })
+    };
+    let store = RedisStore::connect(&server.url(), "keyed:").await.unwrap();
+    let shared = SharedFactory::new(users, store, keyring(), |user: &String| {
+        format!("user:{user}")
+    });
+    let layer = KeyedRefreshLayer::<String>::new(shared);
+    let alice = "alice".to_owned();
+    layer.refresh(&alice).await.unwrap();
+    drop(layer.sign_out(&alice, Revoke::RefreshToken).await);
+    assert!(layer.remove(&alice), "the signed-out cell is settled");
+
+    let signed_in = rotating.sign_in();
+    *stored.lock().unwrap() = signed_in.refresh_token.unwrap().secret().to_owned();
+    layer.refresh(&alice).await.unwrap();
+    assert_eq!(rotating.presented(), ["rt-0", "rt-2"]);
+    assert_eq!(rotating.reused(), 0);
+}
+
+/// A grant whose token requests wait at a gate, once they have started.
+struct Gated {
+    grant: RotatingGrant,
+    started: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl TokenSource for Gated {
+    fn fetch(&self, request: TokenRequest) -> BoxFuture<'_, Result<TokenSet, RefreshError>> {
+        Box::pin(async move {
+            self.started.notify_one();
+            self.gate.acquire().await.unwrap().forget();
+            self.grant.fetch(request).await
+        })
+    }
+
+    fn grant(&self) -> &str {
+        "refresh_token"
+    }
+
+    fn initial_refresh_token(&self) -> Option<RefreshToken> {
+        self.grant.initial_refresh_token()
+    }
+}
+
+/// A replica's refresh is at the server when another replica signs the user out: the
+/// refresh's write finds the sign-out, so it is signed out too, and the refresh token it
+/// received is named signed out with the others.
+#[tokio::test]
+async fn a_refresh_under_the_lease_during_a_sign_out_is_signed_out_with_it() {
+    let server = RedisServer::start();
+    let rotating = Rotating::new();
+    let a = replica(&server, rotating.grant()).await;
+    a.refresh().await.unwrap();
+    let (started, gate) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Semaphore::new(0)),
+    );
+    let gated = Gated {
+        grant: rotating.grant(),
+        started: started.clone(),
+        gate: gate.clone(),
+    };
+    let b = RefreshLayer::new(shared(&server, gated).await.min_lifetime(2 * LIFETIME));
+    let refresh = tokio::spawn({
+        let b = b.clone();
+        async move { b.refresh().await }
+    });
+    started.notified().await;
+
+    drop(a.sign_out(Revoke::RefreshToken).await);
+    gate.add_permits(1);
+    let error = refresh.await.unwrap().expect_err("signed out meanwhile");
+    assert!(
+        matches!(&error, RefreshError::Reauth(r) if r.error() == "signed_out"),
+        "{error:?}"
+    );
+    assert_eq!(rotating.presented(), ["rt-0", "rt-1"]);
+    // The token that refresh received is refused as well.
+    let c = replica(&server, rotating.grant_from("rt-2")).await;
+    let error = c.refresh().await.expect_err("signed out");
+    assert!(
+        matches!(&error, RefreshError::Reauth(r) if r.error() == "signed_out"),
+        "{error:?}"
+    );
+    assert_eq!(rotating.presented(), ["rt-0", "rt-1"]);
 }
