@@ -34,15 +34,10 @@ fn replica_binary() -> PathBuf {
         .expect("the replica test binary (cargo test builds it with features redis and reqwest)")
 }
 
-/// A replica process sharing the grant of `refresh_token` at `provider` through `redis`, for
-/// `secs` seconds from `tasks` tasks; its counts come on its stdout.
-fn replica_command(
-    redis: &RedisServer,
-    provider: &OidcProvider,
-    refresh_token: &str,
-    secs: u64,
-    tasks: u32,
-) -> Command {
+/// A replica process of the app client at `provider`, sharing through `redis`, sending
+/// requests for `secs` seconds from `tasks` tasks; its counts come on its stdout. Give it the
+/// grant: `REPLICA_REFRESH_TOKEN`, or `REPLICA_USERS` for a keyed layer.
+fn replica_command(redis: &RedisServer, provider: &OidcProvider, secs: u64, tasks: u32) -> Command {
     let mut command = Command::new(replica_binary());
     command
         .env("REPLICA_STORE", redis.url())
@@ -50,7 +45,6 @@ fn replica_command(
         .env("REPLICA_ISSUER", &provider.issuer)
         .env("REPLICA_CLIENT_ID", APP_ID)
         .env("REPLICA_CLIENT_SECRET", APP_SECRET)
-        .env("REPLICA_REFRESH_TOKEN", refresh_token)
         .env("REPLICA_SECS", secs.to_string())
         .env("REPLICA_TASKS", tasks.to_string())
         .stdout(Stdio::piped())
@@ -91,7 +85,8 @@ async fn four_replica_processes_share_one_rotating_grant_with_one_refresh_per_to
 
     let children: Vec<_> = (0..4)
         .map(|_| {
-            replica_command(&redis, &provider, &refresh_token, RUN_SECS, 4)
+            replica_command(&redis, &provider, RUN_SECS, 4)
+                .env("REPLICA_REFRESH_TOKEN", &refresh_token)
                 .spawn()
                 .expect("a replica process")
         })
@@ -139,8 +134,10 @@ async fn a_replica_killed_holding_the_lease_delays_the_others_by_at_most_the_lea
     let refresh_token = grant.refresh_token().unwrap().secret().to_owned();
     provider.reset().await;
     let replica = |hold: bool| {
-        let mut command = replica_command(&redis, &provider, &refresh_token, 1, 2);
-        command.env("REPLICA_LEASE_MS", LEASE_MS.to_string());
+        let mut command = replica_command(&redis, &provider, 1, 2);
+        command
+            .env("REPLICA_REFRESH_TOKEN", &refresh_token)
+            .env("REPLICA_LEASE_MS", LEASE_MS.to_string());
         if hold {
             command.env("REPLICA_HOLD_LEASE", "1");
         }
@@ -216,40 +213,16 @@ async fn four_keyed_replica_processes_share_fifty_users_with_one_refresh_per_tok
     }
     provider.reset().await;
 
-    let binary = replica_binary();
     let children: Vec<_> = (0..4)
         .map(|_| {
-            Command::new(&binary)
-                .env("REPLICA_STORE", redis.url())
-                .env("REPLICA_TOKEN_URL", provider.token_url())
-                .env("REPLICA_ISSUER", &provider.issuer)
-                .env("REPLICA_CLIENT_ID", APP_ID)
-                .env("REPLICA_CLIENT_SECRET", APP_SECRET)
+            replica_command(&redis, &provider, KEYED_RUN_SECS, 2)
                 .env("REPLICA_USERS", &users)
-                .env("REPLICA_SECS", KEYED_RUN_SECS.to_string())
-                .env("REPLICA_TASKS", "2")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
                 .spawn()
                 .expect("a replica process")
         })
         .collect();
-    let outputs = tokio::task::spawn_blocking(move || {
-        children
-            .into_iter()
-            .map(|child| child.wait_with_output().unwrap())
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
     let mut requests = 0;
-    for output in &outputs {
-        assert!(
-            output.status.success(),
-            "a replica failed: {:?}",
-            output.status
-        );
-        let counts: Value = serde_json::from_slice(&output.stdout).expect("the replica's counts");
+    for counts in counts_of(children).await {
         assert_eq!(counts["errors"], 0, "{counts}");
         assert_eq!(
             counts["inactive"], 0,
@@ -289,7 +262,8 @@ async fn a_sign_out_in_one_replica_process_signs_the_others_out_within_a_token_l
 
     let mut children = Vec::new();
     for replica in 0..4 {
-        let mut command = replica_command(&redis, &provider, &refresh_token, SECS, 2);
+        let mut command = replica_command(&redis, &provider, SECS, 2);
+        command.env("REPLICA_REFRESH_TOKEN", &refresh_token);
         if replica == 0 {
             command.env("REPLICA_SIGN_OUT_AFTER_MS", SIGN_OUT_MS.to_string());
         }

@@ -412,6 +412,15 @@ async fn keyed_replicas_share_one_refresh_per_key() {
     }
 }
 
+/// Two replicas of `rotating`'s grant, both holding the tokens of its first refresh.
+async fn two_replicas_refreshed(server: &RedisServer, rotating: &Rotating) -> [RefreshLayer; 2] {
+    let a = replica(server, rotating.grant()).await;
+    let b = replica(server, rotating.grant()).await;
+    a.refresh().await.unwrap();
+    b.refresh().await.unwrap();
+    [a, b]
+}
+
 /// A sign-out on one replica reaches the others through the entry: at their next refresh they
 /// present nothing and are signed out too, even though the server was never told (this grant
 /// has no revocation endpoint, so the refresh token would still work).
@@ -419,10 +428,7 @@ async fn keyed_replicas_share_one_refresh_per_key() {
 async fn a_sign_out_on_one_replica_signs_the_others_out_at_their_next_refresh() {
     let server = RedisServer::start();
     let rotating = Rotating::new();
-    let a = replica(&server, rotating.grant()).await;
-    let b = replica(&server, rotating.grant()).await;
-    a.refresh().await.unwrap();
-    b.refresh().await.unwrap();
+    let [a, b] = two_replicas_refreshed(&server, &rotating).await;
     assert_eq!(token_of(&b).await, "at-1", "taken from the store");
 
     let not_told = a.sign_out(Revoke::RefreshToken).await.unwrap_err();
@@ -461,10 +467,7 @@ async fn a_sign_out_on_one_replica_signs_the_others_out_at_their_next_refresh() 
 async fn a_sign_in_after_a_sign_out_is_shared_and_its_refresh_token_presented() {
     let server = RedisServer::start();
     let rotating = Rotating::new();
-    let a = replica(&server, rotating.grant()).await;
-    let b = replica(&server, rotating.grant()).await;
-    a.refresh().await.unwrap();
-    b.refresh().await.unwrap();
+    let [a, b] = two_replicas_refreshed(&server, &rotating).await;
     drop(a.sign_out(Revoke::RefreshToken).await);
 
     let signed_in = rotating.sign_in();
