@@ -86,9 +86,13 @@ pub struct PrivateKeyJwt {
 }
 
 impl PrivateKeyJwt {
-    /// Assertions signed by `signer`: a built-in [`Es256Key`](super::Es256Key) or
-    /// [`Rs256Key`](super::Rs256Key) (feature `jwt-signing`), or a [`JwsSigner`] of your own
-    /// (a KMS, an HSM).
+    /// Assertions signed by `signer`: a built-in
+    #[cfg_attr(
+        feature = "jwt-signing",
+        doc = "[`Es256Key`](super::Es256Key) or [`Rs256Key`](super::Rs256Key)"
+    )]
+    #[cfg_attr(not(feature = "jwt-signing"), doc = "`Es256Key` or `Rs256Key`")]
+    /// (feature `jwt-signing`), or a [`JwsSigner`] of your own (a KMS, an HSM).
     pub fn new(signer: impl JwsSigner) -> Self {
         PrivateKeyJwt {
             signer: Arc::new(signer),

@@ -9,7 +9,9 @@ use crate::BoxError;
 use crate::source::BoxFuture;
 
 /// A private key that signs JWS (RFC 7515), wherever it is held: in memory (the built-in
-/// [`Es256Key`] and [`Rs256Key`], feature `jwt-signing`), or in a KMS or HSM that is asked
+#[cfg_attr(feature = "jwt-signing", doc = "[`Es256Key`] and [`Rs256Key`],")]
+#[cfg_attr(not(feature = "jwt-signing"), doc = "`Es256Key` and `Rs256Key`,")]
+/// feature `jwt-signing`), or in a KMS or HSM that is asked
 /// over the network, which is why [`sign`](Self::sign) is async. Usable as
 /// `dyn JwsSigner`; an `Arc` of a signer is a signer.
 ///

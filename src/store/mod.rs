@@ -1,5 +1,8 @@
 //! A shared second level behind the token cell, so that many replicas of a service share one
-//! token and one refresh per lifetime (feature `store`; [`RedisStore`] with feature `redis`).
+//! token and one refresh per lifetime (feature `store`;
+#![cfg_attr(feature = "redis", doc = "[`RedisStore`]")]
+#![cfg_attr(not(feature = "redis"), doc = "`RedisStore`")]
+//! with feature `redis`).
 //!
 //! [`SharedSource`] wraps a grant so that its refreshes go through a store, and
 //! [`SharedFactory`] does the same for every key of a keyed layer; [`TokenStore`] is what a
