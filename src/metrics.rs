@@ -3,7 +3,7 @@
 //!
 //! The crate installs no recorder and no exporter: install one of the `metrics` ecosystem's
 //! (a Prometheus exporter, say) and the instruments below appear in it. Everything is
-//! recorded on the refresh path or when a rejected request is resent; a request answered
+//! recorded on the refresh path or when a request is resent; a request answered
 //! from a fresh token records nothing, so the hot path costs what it does without the
 //! feature.
 //!
@@ -18,6 +18,7 @@
 //! | `oauth_refresh_refresh_duration_seconds` | histogram | `s` | `grant`, `host`, `outcome` | One refresh, from its start (after any delay it was scheduled with) until its result is settled, resends and backoff included |
 //! | `oauth_refresh_reauth_required_total` | counter | `{refresh}` | `grant`, `host` | Refreshes that ended in [`ReauthRequired`](crate::ReauthRequired) (`invalid_grant` and the like): a person must sign in again |
 //! | `oauth_refresh_resends_total` | counter | `{request}` | `grant`, `host` | Requests resent with a new token after the server rejected theirs |
+//! | `oauth_refresh_dpop_nonce_resends_total` | counter | `{request}` | `grant`, `host` | Requests resent with the nonce their API asked for (DPoP `use_dpop_nonce`), apart from the resends above; the token endpoint's own nonce resend is part of its token request |
 //! | `oauth_refresh_persist_failures_total` | counter | `{failure}` | `grant`, `host` | Times the persistence hook failed (an error, a panic or a timeout); the new tokens stayed in use |
 //! | `oauth_refresh_token_remaining_lifetime_seconds` | histogram | `s` | `grant`, `host` | As a refresh starts, how long the token it replaces had left (0 if expired); not recorded when no token or no lifetime is known |
 //!
@@ -92,6 +93,11 @@ pub fn describe() {
         "Requests resent with a new token after the server rejected theirs"
     );
     describe_counter!(
+        "oauth_refresh_dpop_nonce_resends_total",
+        Unit::Count,
+        "Requests resent with the nonce their API asked for (DPoP use_dpop_nonce)"
+    );
+    describe_counter!(
         "oauth_refresh_persist_failures_total",
         Unit::Count,
         "Times the persistence hook failed; the new tokens stayed in use"
@@ -150,6 +156,12 @@ pub(crate) fn reauth_required(source: &dyn TokenSource) {
 #[inline]
 pub(crate) fn resend(source: &dyn TokenSource) {
     count("oauth_refresh_resends_total", source);
+}
+
+/// A request is resent with the nonce its API asked for (DPoP).
+#[inline]
+pub(crate) fn nonce_resend(source: &dyn TokenSource) {
+    count("oauth_refresh_dpop_nonce_resends_total", source);
 }
 
 /// The persistence hook failed.

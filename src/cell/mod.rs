@@ -775,6 +775,7 @@ impl TokenCell {
     /// Counts a request resent with the nonce its server asked for (DPoP).
     pub(crate) fn count_nonce_resend(&self) {
         self.counters.nonce_resends.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::nonce_resend(&*self.source);
     }
 
     /// Counts a request resent after its token was rejected.

@@ -316,6 +316,35 @@ async fn a_new_nonce_in_every_challenge_gets_one_resend_and_never_a_loop() {
     assert_eq!(layer.stats().nonce_resends, 1);
 }
 
+/// Each nonce resend is counted for operators, apart from the resends with a new token.
+#[tokio::test(start_paused = true)]
+async fn a_nonce_resend_is_counted_in_its_own_metric() {
+    use crate::metrics::{counter, read};
+
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let source = BoundSource::new();
+    let layer = RefreshLayer::new(source.clone());
+    let (mut service, mut handle) = mocked(&layer);
+    tokio_test::assert_ready_ok!(service.poll_ready());
+    let response = tokio::spawn(service.call(post("https://api.example.com/items")));
+    let (_, _, _, reply) = received(&mut handle, &source.key).await;
+    reply.send_response(challenge("use_dpop_nonce", Some("n-1")));
+    let (_, _, _, reply) = received(&mut handle, &source.key).await;
+    reply.send_response(ok());
+    assert_eq!(answer(response).await.status(), 200);
+
+    let recorded = read(&snapshotter);
+    let labels = [("grant", "custom"), ("host", "unknown")];
+    let nonce_resends = "oauth_refresh_dpop_nonce_resends_total";
+    assert_eq!(counter(&recorded, nonce_resends, &labels), 1);
+    assert_eq!(
+        counter(&recorded, "oauth_refresh_resends_total", &labels),
+        0
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_body_that_cannot_be_replayed_is_sent_once_and_its_nonce_kept_for_the_next() {
     let source = BoundSource::new();

@@ -21,10 +21,10 @@ const LIFETIME: Duration = Duration::from_secs(100);
 const TEST: &[(&str, &str)] = &[("grant", "test"), ("host", "auth.test")];
 
 /// One metric as recorded: name, labels, value.
-type Recorded = (String, Vec<(String, String)>, DebugValue);
+pub(crate) type Recorded = (String, Vec<(String, String)>, DebugValue);
 
 /// What was recorded since the last read (the debugging recorder drains on each read).
-fn read(snapshotter: &Snapshotter) -> Vec<Recorded> {
+pub(crate) fn read(snapshotter: &Snapshotter) -> Vec<Recorded> {
     let recorded: Vec<Recorded> = snapshotter
         .snapshot()
         .into_vec()
@@ -66,7 +66,7 @@ fn matches(recorded: &Recorded, name: &str, labels: &[(&str, &str)]) -> bool {
 }
 
 /// How much a counter moved; 0 if it did not.
-fn counter(recorded: &[Recorded], name: &str, labels: &[(&str, &str)]) -> u64 {
+pub(crate) fn counter(recorded: &[Recorded], name: &str, labels: &[(&str, &str)]) -> u64 {
     recorded
         .iter()
         .filter(|r| matches(r, name, labels))
