@@ -161,12 +161,7 @@ pub enum TransientKind {
     /// else rotates it. Nothing was sent to the token endpoint.
     Credential,
     /// The shared token store failed, and the grant (one with a refresh token) does not
-    /// refresh without it: see
-    #[cfg_attr(
-        feature = "store",
-        doc = "[`SharedSource`](crate::store::SharedSource)."
-    )]
-    #[cfg_attr(not(feature = "store"), doc = "`store::SharedSource`.")]
+    /// refresh without it: see `store::SharedSource` (feature `store`).
     StoreUnavailable,
 }
 

@@ -15,10 +15,8 @@
 //!
 //! A custom [`TokenSource`](crate::TokenSource) binds its tokens the same way, by returning
 //! its key from [`dpop_key`](crate::TokenSource::dpop_key). Keyed layers prove each key's
-//! requests with that key's source's key. Replicas sharing tokens through a
-#![cfg_attr(feature = "store", doc = "[`store`](crate::store)")]
-#![cfg_attr(not(feature = "store"), doc = "`store` (feature `store`)")]
-//! must share the key too: a token works only with the key it was bound to.
+//! requests with that key's source's key. Replicas sharing tokens through the `store` module
+//! (feature `store`) must share the key too: a token works only with the key it was bound to.
 //!
 //! ```
 //! # #[cfg(feature = "jwt-signing")]
