@@ -226,7 +226,8 @@ impl RefreshLayer {
     /// `signed_out` without a token request, [`refresh`](Self::refresh) too, until
     /// [`set_tokens`](Self::set_tokens) installs the tokens of a new sign-in. A refresh
     /// running meanwhile installs nothing: the sign-out waits for it and revokes the refresh
-    /// token it may have rotated to.
+    /// token it may have rotated to. A new sign-in installed while the sign-out still waits
+    /// keeps its tokens; the grant signed out is revoked all the same.
     ///
     /// If the server cannot be told (unreachable, 5xx, no revocation endpoint configured),
     /// the tokens are gone all the same, locally and from the store, and the error says

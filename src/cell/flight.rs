@@ -188,6 +188,19 @@ impl TokenCell {
         };
         let held_before = slot.refresh_token.clone();
         let installed_by_hand = slot.last_generation != started_at_generation;
+        if let Some(set_apart) =
+            presented.and_then(|presented| slot.revoke_later.iter_mut().find(|t| *t == presented))
+        {
+            // Signed out while this refresh ran, then in again: the grant it refreshed was set
+            // apart, and what it brought belongs there, for the sign-out's flight to revoke.
+            if let Some(received) = received {
+                *set_apart = received;
+            }
+            return match self.snapshot.load().token.clone() {
+                Some(installed) if !slot.signed_out => Ok(installed),
+                _ => Err(self.signed_out_error()),
+            };
+        }
         // Tokens installed by hand while this refresh ran keep their own refresh token, if
         // they brought one; otherwise the one the server just rotated to is the only one
         // that works.
@@ -307,37 +320,45 @@ impl TokenCell {
     /// refresh token out of the slot, hands the removal to the persistence hook, then asks
     /// the source to revoke, within the refresh's time budget.
     async fn revoke(&self, revocation: Option<&Revocation>) -> Result<(), RevocationError> {
-        let refresh_token = {
+        let (older, refresh_token, removed) = {
             let mut slot = self.lock_slot();
-            if !slot.signed_out {
-                // Signed in again before this ran: the new tokens stay.
-                return Ok(());
+            slot.sign_out_pending = false;
+            // Grants signed out before a sign-in (that may have been signed out in turn).
+            let mut set_apart = std::mem::take(&mut slot.revoke_later);
+            if slot.signed_out {
+                let refresh_token = slot.refresh_token.take();
+                let removal = refresh_token.clone().or_else(|| set_apart.last().cloned());
+                slot.record(TokenUpdate::removal(removal));
+                (set_apart, refresh_token, true)
+            } else {
+                // Signed in again before this ran: the new tokens stay, and the grants signed
+                // out are revoked all the same.
+                let newest = set_apart.pop();
+                (set_apart, newest, false)
             }
-            let refresh_token = slot.refresh_token.take();
-            slot.record(TokenUpdate::removal(refresh_token.clone()));
-            refresh_token
         };
-        // Removed from the store first: the user is signed out here even if the server
-        // cannot be told.
-        self.persist_queued().await;
+        if removed {
+            // Removed from the store first: the user is signed out here even if the server
+            // cannot be told.
+            self.persist_queued().await;
+        }
+        let deadline = after(Instant::now(), self.schedule.refresh_timeout);
+        let mut older_revoked = Ok(());
+        for token in older {
+            let request = RevocationRequest::new(Some(token), None);
+            older_revoked = older_revoked.and(self.revoke_at_server(request, deadline).await);
+        }
         let request = RevocationRequest::new(
             refresh_token,
             revocation.and_then(|r| r.access_token.clone()),
         );
         if request.refresh_token.is_none() && request.access_token.is_none() {
-            return Ok(());
+            return older_revoked;
         }
-        let budget = self.schedule.refresh_timeout;
-        let revoked = tokio::time::timeout(budget, unwind_safe(self.source.revoke(request)));
-        let result = match revoked.await {
-            Ok(Ok(result)) => result,
-            Ok(Err(Panicked)) => {
-                Err(RefreshError::from(TransientError::new(TransientKind::Aborted)).into())
-            }
-            Err(_elapsed) => {
-                Err(RefreshError::from(TransientError::new(TransientKind::Timeout)).into())
-            }
-        };
+        let result = self
+            .revoke_at_server(request, deadline)
+            .await
+            .and(older_revoked);
         match &result {
             Ok(()) => tracing::info!("signed out; the tokens were revoked at the server"),
             Err(error) => {
@@ -345,6 +366,24 @@ impl TokenCell {
             }
         }
         result
+    }
+
+    /// Asks the source to revoke `request`'s tokens before `deadline`.
+    async fn revoke_at_server(
+        &self,
+        request: RevocationRequest,
+        deadline: Instant,
+    ) -> Result<(), RevocationError> {
+        let revoked = tokio::time::timeout_at(deadline, unwind_safe(self.source.revoke(request)));
+        match revoked.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(Panicked)) => {
+                Err(RefreshError::from(TransientError::new(TransientKind::Aborted)).into())
+            }
+            Err(_elapsed) => {
+                Err(RefreshError::from(TransientError::new(TransientKind::Timeout)).into())
+            }
+        }
     }
 
     /// Turns a token set into the cell's next token (the refresh token is the caller's to
@@ -377,8 +416,14 @@ impl TokenCell {
         set: TokenSet,
     ) -> Result<TokenUpdate, RefreshError> {
         let token = self.install(slot, &set, Instant::now())?;
+        let previous = slot.refresh_token.clone();
+        if slot.signed_out && slot.sign_out_pending {
+            // A sign-in before the sign-out's flight ran: the signed-out grant's refresh
+            // token is not this sign-in's, and is revoked all the same.
+            slot.revoke_later.extend(slot.refresh_token.take());
+        }
         let mut update = TokenUpdate::new(set.refresh_token.clone().or(slot.refresh_token.clone()));
-        update.previous_refresh_token = slot.refresh_token.clone();
+        update.previous_refresh_token = previous;
         update.access_token = Some(set.access_token);
         update.expires_at = token.expires_at.map(wall_clock);
         update.scope = set.scope;

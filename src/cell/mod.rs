@@ -162,6 +162,11 @@ struct Slot {
     /// Signed out, and no tokens installed since: no request gets a token, no refresh starts,
     /// and a refresh that was running when it happened installs nothing.
     signed_out: bool,
+    /// A sign-out's flight has yet to run.
+    sign_out_pending: bool,
+    /// The signed-out grants' refresh tokens, set apart when a sign-in installs its tokens
+    /// before the sign-out's flight runs: that flight revokes them all the same.
+    revoke_later: Vec<RefreshToken>,
 }
 
 impl Slot {
@@ -640,7 +645,8 @@ impl TokenCell {
     /// leaves its refresh token to be revoked), and the access token if asked.
     ///
     /// If tokens are installed ([`seed`](Self::seed)) before that flight runs, the user
-    /// signed in again: it then discards and revokes nothing more.
+    /// signed in again: the new tokens stay, and the flight revokes the grant signed out (set
+    /// apart by the seed, rotated by a refresh that ended meanwhile), never the new one.
     pub(crate) async fn sign_out(self: &Arc<Self>, revoke: Revoke) -> Result<(), RevocationError> {
         let access_token = {
             let mut slot = self.lock_slot();
@@ -653,6 +659,7 @@ impl TokenCell {
             slot.signed_out = true;
             // A refresh running now sees the generation move: it installs nothing.
             slot.last_generation += 1;
+            slot.sign_out_pending = true;
             slot.last_error = Some(self.signed_out_error());
             self.update_snapshot(|s| {
                 s.token = None;

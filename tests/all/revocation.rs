@@ -259,6 +259,153 @@ async fn a_refresh_in_flight_while_signing_out_does_not_resurrect_the_tokens() {
     assert_eq!(layer.stats().generation, 0);
 }
 
+/// The application signs the user in again while the sign-out still waits for a refresh:
+/// the new sign-in's tokens stay, and the signed-out grant's refresh token (the one that
+/// refresh rotated to) is revoked all the same, never the new one.
+#[tokio::test]
+async fn a_sign_in_before_the_sign_out_has_run_keeps_its_tokens_and_the_old_grant_is_revoked() {
+    let server = TokenEndpoint::start().await;
+    server.push(tokens("at-1", "rt-2"));
+    server.push(tokens("at-2", "rt-3").delay(Duration::from_secs(2)));
+    server.route("/revoke", Answer::raw(200, None, ""));
+    let updates = Updates::default();
+    let layer = RefreshLayer::new(grant(&server, &updates));
+    layer.refresh().await.unwrap();
+    let refreshing = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.refresh().await }
+    });
+    while token_requests(&server) < 2 {
+        tokio::task::yield_now().await;
+    }
+    let signing_out = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.sign_out(Revoke::RefreshToken).await }
+    });
+    while layer.stats().last_error.is_none() {
+        tokio::task::yield_now().await;
+    }
+    // Signed in again (a new authorization code redeemed elsewhere).
+    let signed_in = TokenSet::new(AccessToken::new("at-9")).with_refresh_token("rt-9");
+    layer.set_tokens(signed_in).unwrap();
+
+    signing_out.await.unwrap().unwrap();
+    drop(refreshing.await.unwrap());
+    let revoked: Vec<_> = revocations(&server)
+        .iter()
+        .map(|r| r.param("token").unwrap())
+        .collect();
+    assert_eq!(
+        revoked,
+        ["rt-3"],
+        "the signed-out grant's newest refresh token, only"
+    );
+    assert!(updates.lock().unwrap().iter().all(|u| !u.is_removal()));
+    let service = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(Api::open());
+    assert_eq!(
+        text(service.oneshot(get()).await.unwrap()).await,
+        "hello at-9"
+    );
+    // The next refresh presents the new sign-in's refresh token.
+    server.push(tokens("at-10", "rt-10"));
+    layer.refresh().await.unwrap();
+    let last = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/token")
+        .last()
+        .unwrap();
+    assert_eq!(last.param("refresh_token").as_deref(), Some("rt-9"));
+}
+
+/// A sign-in that brings no refresh token, installed while the sign-out waits: the cell does
+/// not present the signed-out grant's refresh token later, and that one is revoked.
+#[tokio::test]
+async fn a_sign_in_without_a_refresh_token_does_not_inherit_the_signed_out_one() {
+    let server = TokenEndpoint::start().await;
+    server.push(tokens("at-1", "rt-2"));
+    server.push(tokens("at-2", "rt-3").delay(Duration::from_secs(2)));
+    server.route("/revoke", Answer::raw(200, None, ""));
+    let updates = Updates::default();
+    let layer = RefreshLayer::new(grant(&server, &updates));
+    layer.refresh().await.unwrap();
+    let refreshing = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.refresh().await }
+    });
+    while token_requests(&server) < 2 {
+        tokio::task::yield_now().await;
+    }
+    let signing_out = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.sign_out(Revoke::RefreshToken).await }
+    });
+    while layer.stats().last_error.is_none() {
+        tokio::task::yield_now().await;
+    }
+    layer
+        .set_tokens(TokenSet::new(AccessToken::new("at-9")))
+        .unwrap();
+    signing_out.await.unwrap().unwrap();
+    drop(refreshing.await.unwrap());
+    assert_eq!(
+        revocations(&server)[0].param("token").as_deref(),
+        Some("rt-3")
+    );
+
+    let before = token_requests(&server);
+    drop(layer.refresh().await);
+    assert_eq!(
+        token_requests(&server),
+        before,
+        "a signed-out refresh token was presented"
+    );
+}
+
+/// Signed out, in again and out again before the first sign-out's flight ran: both grants
+/// are revoked, the older first, and the cell is signed out.
+#[tokio::test]
+async fn out_in_and_out_again_while_a_refresh_runs_revokes_both_grants() {
+    let server = TokenEndpoint::start().await;
+    server.push(tokens("at-1", "rt-2"));
+    server.push(tokens("at-2", "rt-3").delay(Duration::from_secs(2)));
+    server.route("/revoke", Answer::raw(200, None, ""));
+    let updates = Updates::default();
+    let layer = RefreshLayer::new(grant(&server, &updates));
+    layer.refresh().await.unwrap();
+    let refreshing = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.refresh().await }
+    });
+    while token_requests(&server) < 2 {
+        tokio::task::yield_now().await;
+    }
+    let sign_out = |layer: &RefreshLayer| {
+        let layer = layer.clone();
+        tokio::spawn(async move { layer.sign_out(Revoke::RefreshToken).await })
+    };
+    let first = sign_out(&layer);
+    while layer.stats().last_error.is_none() {
+        tokio::task::yield_now().await;
+    }
+    let signed_in = TokenSet::new(AccessToken::new("at-9")).with_refresh_token("rt-9");
+    layer.set_tokens(signed_in).unwrap();
+    let second = sign_out(&layer);
+
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    drop(refreshing.await.unwrap());
+    let revoked: Vec<_> = revocations(&server)
+        .iter()
+        .map(|r| r.param("token").unwrap())
+        .collect();
+    assert_eq!(revoked, ["rt-3", "rt-9"]);
+    assert!(updates.lock().unwrap().last().unwrap().is_removal());
+    assert_signed_out(&layer).await;
+}
+
 /// Each user's grant at `server`, with the key's own revocation hook recorded.
 struct Users {
     server_url: String,
