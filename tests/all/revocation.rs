@@ -46,6 +46,14 @@ fn revocations(server: &TokenEndpoint) -> Vec<Recorded> {
         .collect()
 }
 
+/// The tokens revoked at `server`, in order.
+fn revoked_tokens(server: &TokenEndpoint) -> Vec<String> {
+    revocations(server)
+        .iter()
+        .map(|r| r.param("token").unwrap())
+        .collect()
+}
+
 fn token_requests(server: &TokenEndpoint) -> usize {
     server
         .requests()
@@ -219,17 +227,23 @@ async fn a_source_that_cannot_revoke_is_still_signed_out() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_refresh_in_flight_while_signing_out_does_not_resurrect_the_tokens() {
+/// A sign-out racing a refresh: the layer's second refresh (answered after 2 s, rotating
+/// `rt-2` to `rt-3`) is at the server.
+struct Racing {
+    server: TokenEndpoint,
+    updates: Updates,
+    layer: RefreshLayer,
+    refreshing: tokio::task::JoinHandle<Result<(), RefreshError>>,
+}
+
+async fn a_refresh_at_the_server() -> Racing {
     let server = TokenEndpoint::start().await;
     server.push(tokens("at-1", "rt-2"));
-    // The refresh that races the sign-out: answered after 2 s, with a rotated token.
     server.push(tokens("at-2", "rt-3").delay(Duration::from_secs(2)));
     server.route("/revoke", Answer::raw(200, None, ""));
     let updates = Updates::default();
     let layer = RefreshLayer::new(grant(&server, &updates));
     layer.refresh().await.unwrap();
-
     let refreshing = tokio::spawn({
         let layer = layer.clone();
         async move { layer.refresh().await }
@@ -237,6 +251,36 @@ async fn a_refresh_in_flight_while_signing_out_does_not_resurrect_the_tokens() {
     while token_requests(&server) < 2 {
         tokio::task::yield_now().await;
     }
+    Racing {
+        server,
+        updates,
+        layer,
+        refreshing,
+    }
+}
+
+/// Starts a sign-out of `layer` and returns once it waits for the running refresh.
+async fn sign_out_waiting(
+    layer: &RefreshLayer,
+) -> tokio::task::JoinHandle<Result<(), RevocationError>> {
+    let signing_out = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.sign_out(Revoke::RefreshToken).await }
+    });
+    while layer.stats().last_error.is_none() {
+        tokio::task::yield_now().await;
+    }
+    signing_out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_in_flight_while_signing_out_does_not_resurrect_the_tokens() {
+    let Racing {
+        server,
+        updates,
+        layer,
+        refreshing,
+    } = a_refresh_at_the_server().await;
     layer.sign_out(Revoke::RefreshToken).await.unwrap();
 
     // The refresh ended without installing its tokens; the sign-out waited for it and
@@ -264,37 +308,20 @@ async fn a_refresh_in_flight_while_signing_out_does_not_resurrect_the_tokens() {
 /// refresh rotated to) is revoked all the same, never the new one.
 #[tokio::test]
 async fn a_sign_in_before_the_sign_out_has_run_keeps_its_tokens_and_the_old_grant_is_revoked() {
-    let server = TokenEndpoint::start().await;
-    server.push(tokens("at-1", "rt-2"));
-    server.push(tokens("at-2", "rt-3").delay(Duration::from_secs(2)));
-    server.route("/revoke", Answer::raw(200, None, ""));
-    let updates = Updates::default();
-    let layer = RefreshLayer::new(grant(&server, &updates));
-    layer.refresh().await.unwrap();
-    let refreshing = tokio::spawn({
-        let layer = layer.clone();
-        async move { layer.refresh().await }
-    });
-    while token_requests(&server) < 2 {
-        tokio::task::yield_now().await;
-    }
-    let signing_out = tokio::spawn({
-        let layer = layer.clone();
-        async move { layer.sign_out(Revoke::RefreshToken).await }
-    });
-    while layer.stats().last_error.is_none() {
-        tokio::task::yield_now().await;
-    }
+    let Racing {
+        server,
+        updates,
+        layer,
+        refreshing,
+    } = a_refresh_at_the_server().await;
+    let signing_out = sign_out_waiting(&layer).await;
     // Signed in again (a new authorization code redeemed elsewhere).
     let signed_in = TokenSet::new(AccessToken::new("at-9")).with_refresh_token("rt-9");
     layer.set_tokens(signed_in).unwrap();
 
     signing_out.await.unwrap().unwrap();
     drop(refreshing.await.unwrap());
-    let revoked: Vec<_> = revocations(&server)
-        .iter()
-        .map(|r| r.param("token").unwrap())
-        .collect();
+    let revoked = revoked_tokens(&server);
     assert_eq!(
         revoked,
         ["rt-3"],
@@ -324,36 +351,19 @@ async fn a_sign_in_before_the_sign_out_has_run_keeps_its_tokens_and_the_old_gran
 /// not present the signed-out grant's refresh token later, and that one is revoked.
 #[tokio::test]
 async fn a_sign_in_without_a_refresh_token_does_not_inherit_the_signed_out_one() {
-    let server = TokenEndpoint::start().await;
-    server.push(tokens("at-1", "rt-2"));
-    server.push(tokens("at-2", "rt-3").delay(Duration::from_secs(2)));
-    server.route("/revoke", Answer::raw(200, None, ""));
-    let updates = Updates::default();
-    let layer = RefreshLayer::new(grant(&server, &updates));
-    layer.refresh().await.unwrap();
-    let refreshing = tokio::spawn({
-        let layer = layer.clone();
-        async move { layer.refresh().await }
-    });
-    while token_requests(&server) < 2 {
-        tokio::task::yield_now().await;
-    }
-    let signing_out = tokio::spawn({
-        let layer = layer.clone();
-        async move { layer.sign_out(Revoke::RefreshToken).await }
-    });
-    while layer.stats().last_error.is_none() {
-        tokio::task::yield_now().await;
-    }
+    let Racing {
+        server,
+        layer,
+        refreshing,
+        ..
+    } = a_refresh_at_the_server().await;
+    let signing_out = sign_out_waiting(&layer).await;
     layer
         .set_tokens(TokenSet::new(AccessToken::new("at-9")))
         .unwrap();
     signing_out.await.unwrap().unwrap();
     drop(refreshing.await.unwrap());
-    assert_eq!(
-        revocations(&server)[0].param("token").as_deref(),
-        Some("rt-3")
-    );
+    assert_eq!(revoked_tokens(&server), ["rt-3"]);
 
     let before = token_requests(&server);
     drop(layer.refresh().await);
@@ -368,39 +378,24 @@ async fn a_sign_in_without_a_refresh_token_does_not_inherit_the_signed_out_one()
 /// are revoked, the older first, and the cell is signed out.
 #[tokio::test]
 async fn out_in_and_out_again_while_a_refresh_runs_revokes_both_grants() {
-    let server = TokenEndpoint::start().await;
-    server.push(tokens("at-1", "rt-2"));
-    server.push(tokens("at-2", "rt-3").delay(Duration::from_secs(2)));
-    server.route("/revoke", Answer::raw(200, None, ""));
-    let updates = Updates::default();
-    let layer = RefreshLayer::new(grant(&server, &updates));
-    layer.refresh().await.unwrap();
-    let refreshing = tokio::spawn({
-        let layer = layer.clone();
-        async move { layer.refresh().await }
-    });
-    while token_requests(&server) < 2 {
-        tokio::task::yield_now().await;
-    }
-    let sign_out = |layer: &RefreshLayer| {
-        let layer = layer.clone();
-        tokio::spawn(async move { layer.sign_out(Revoke::RefreshToken).await })
-    };
-    let first = sign_out(&layer);
-    while layer.stats().last_error.is_none() {
-        tokio::task::yield_now().await;
-    }
+    let Racing {
+        server,
+        updates,
+        layer,
+        refreshing,
+    } = a_refresh_at_the_server().await;
+    let first = sign_out_waiting(&layer).await;
     let signed_in = TokenSet::new(AccessToken::new("at-9")).with_refresh_token("rt-9");
     layer.set_tokens(signed_in).unwrap();
-    let second = sign_out(&layer);
+    let second = tokio::spawn({
+        let layer = layer.clone();
+        async move { layer.sign_out(Revoke::RefreshToken).await }
+    });
 
     first.await.unwrap().unwrap();
     second.await.unwrap().unwrap();
     drop(refreshing.await.unwrap());
-    let revoked: Vec<_> = revocations(&server)
-        .iter()
-        .map(|r| r.param("token").unwrap())
-        .collect();
+    let revoked = revoked_tokens(&server);
     assert_eq!(revoked, ["rt-3", "rt-9"]);
     assert!(updates.lock().unwrap().last().unwrap().is_removal());
     assert_signed_out(&layer).await;
