@@ -1,15 +1,20 @@
 //! [`RedisStore`]: the [`TokenStore`] on Redis, through the `redis` crate's tokio connection
 //! manager (it reconnects by itself) and three Lua scripts for the operations that must be
 //! atomic: the versioned write, and the lease's compare-and-extend and compare-and-delete.
+//! Waiters hear of writes through one pub/sub connection per store (`listener`).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
 
+use self::listener::Listener;
 use super::{Entry, LeaseOwner, StoreError, TokenStore, Written};
 use crate::source::BoxFuture;
+
+mod listener;
 
 /// How long a command may take before the store counts as failing (a refresh waits for it).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,6 +60,11 @@ return 0
 /// lease, a string with an expiry) and the channel `<prefix>changed:<key>`. Commands time out
 /// after 2 s by default, so that an outage fails a refresh quickly instead of stalling it.
 ///
+/// A store (with its clones) holds two connections to Redis, however many keys it serves:
+/// one for commands, and one subscribed to `<prefix>changed:*` from the first wait for
+/// another replica's refresh on, through which every waiter hears of its entry's write. Both
+/// close when the last clone is dropped.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), oauth_refresh::store::StoreError> {
@@ -69,6 +79,8 @@ return 0
 pub struct RedisStore {
     client: Client,
     connection: ConnectionManager,
+    /// Every waiter of this store (and of its clones) hears of changes through it.
+    listener: Arc<Listener>,
     prefix: String,
     timeout: Duration,
 }
@@ -95,10 +107,13 @@ impl RedisStore {
             .set_max_delay(timeout);
         let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(StoreError::new)?;
+        let prefix = prefix.into();
+        let listener = Listener::new(client.clone(), format!("{prefix}changed:*"), timeout);
         Ok(RedisStore {
             client,
             connection,
-            prefix: prefix.into(),
+            listener: Arc::new(listener),
+            prefix,
             timeout,
         })
     }
@@ -229,24 +244,22 @@ impl TokenStore for RedisStore {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Option<Entry>, StoreError>> {
         Box::pin(async move {
-            // Subscribed before reading, so that a write between the two is not missed.
-            let subscribed = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
-                pubsub.subscribe(self.name("changed", key)).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            };
-            let pubsub = tokio::time::timeout(self.timeout, subscribed).await;
+            // Listening before reading, so that a write between the two is not missed.
+            let listening = self.listener.listen(self.name("changed", key)).await.ok();
+            let notified = listening.as_ref().map(listener::Listening::notified);
+            let mut notified = std::pin::pin!(notified);
+            if let Some(notified) = notified.as_mut().as_pin_mut() {
+                notified.enable();
+            }
             let entry = self.read_entry(key).await?;
             if entry.as_ref().map(|e| e.version) != seen {
                 return Ok(entry);
             }
-            match pubsub {
-                Ok(Ok(mut pubsub)) => {
-                    // A message, or the timeout: either way the entry is read again.
-                    let _ = tokio::time::timeout(timeout, next_message(&mut pubsub)).await;
-                }
+            match notified.as_pin_mut() {
+                // A message, or the timeout: either way the entry is read again.
+                Some(notified) => drop(tokio::time::timeout(timeout, notified).await),
                 // No notification to be had: polling at the timeout is the fallback.
-                _ => tokio::time::sleep(timeout).await,
+                None => tokio::time::sleep(timeout).await,
             }
             self.read_entry(key).await
         })
@@ -256,11 +269,4 @@ impl TokenStore for RedisStore {
 /// A lease in whole milliseconds, at least 1 (Redis refuses 0).
 fn millis(lease: Duration) -> u64 {
     u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// The next message of a subscription.
-async fn next_message(pubsub: &mut redis::aio::PubSub) -> Option<redis::Msg> {
-    use futures_core::Stream;
-    let mut messages = std::pin::pin!(pubsub.on_message());
-    std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)).await
 }

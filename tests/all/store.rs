@@ -142,6 +142,104 @@ async fn a_waiter_hears_of_a_write_at_once() {
     assert!(began.elapsed() < Duration::from_secs(5));
 }
 
+/// Clients connected to `server` now, this question's own connection included.
+async fn connected_clients(server: &RedisServer) -> u64 {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO clients names connected_clients")
+}
+
+/// Waiters of one store, each for its own entry, listen through one connection, and each
+/// hears of its own entry's write at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_waiters_listen_through_one_connection() {
+    const WAITERS: usize = 50;
+    let server = RedisServer::start();
+    let store = Arc::new(store(&server).await);
+    for n in 0..WAITERS {
+        store.write(&format!("k{n}"), None, b"v1").await.unwrap();
+    }
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let entry = store
+                    .changed(&format!("k{n}"), Some(1), Duration::from_secs(20))
+                    .await;
+                (entry, Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The store's connection, its listener's and this question's.
+    let clients = connected_clients(&server).await;
+    assert!(clients <= 3, "{clients} connections for {WAITERS} waiters");
+
+    let written = Instant::now();
+    for n in 0..WAITERS {
+        store.write(&format!("k{n}"), Some(1), b"v2").await.unwrap();
+    }
+    for waiter in waiters {
+        let (entry, woken) = waiter.await.unwrap();
+        assert_eq!(entry.unwrap().map(|e| e.version), Some(2));
+        assert!(
+            woken - written < Duration::from_secs(5),
+            "not woken by the write"
+        );
+    }
+    // Dropped with the store: no connection left behind.
+    drop(store);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connected_clients(&server).await > 1 {
+        assert!(Instant::now() < deadline, "a connection outlived its store");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The listener's connection drops with Redis: the next waiter opens another, and hears of a
+/// write at once again.
+#[tokio::test]
+async fn after_redis_restarts_a_waiter_hears_of_a_write_at_once_again() {
+    let mut server = RedisServer::start();
+    let store = Arc::new(
+        RedisStore::connect_with_timeout(&server.url(), "test:", Duration::from_millis(500))
+            .await
+            .unwrap(),
+    );
+    // A first wait opens the listener's connection.
+    let entry = store.changed("svc", None, Duration::from_millis(100)).await;
+    assert_eq!(entry.unwrap(), None);
+    server.stop();
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.write("svc", None, b"v1").await.is_err() {
+        assert!(Instant::now() < deadline, "no reconnection");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move { store.changed("svc", Some(1), Duration::from_secs(20)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let written = Instant::now();
+    store.write("svc", Some(1), b"v2").await.unwrap();
+    let entry = waiter.await.unwrap().unwrap();
+    assert_eq!(entry.map(|e| e.version), Some(2));
+    assert!(
+        written.elapsed() < Duration::from_secs(5),
+        "not woken by the write"
+    );
+}
+
 #[tokio::test]
 async fn without_a_notification_the_waiter_reads_again_at_its_timeout() {
     let server = RedisServer::start();
