@@ -113,6 +113,8 @@ async fn read(
             notify.notify_waiters();
         }
     }
+    // The connection is gone: the next wait opens another.
+    drop(stopped);
     for (notify, _) in lock(&channels).values() {
         notify.notify_waiters();
     }
