@@ -92,7 +92,10 @@ pub const API_SCOPES: &str = "api:read api:write";
 /// Access token lifetime of [`OidcProvider::start`], in seconds (`expires_in` says the same).
 pub const DEFAULT_ACCESS_TTL_SECS: u64 = 3;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a start may take before the server is killed and started once more (it takes
+/// well under a second; a loaded machine has been seen to stall one for over a minute), and
+/// how long the second try may take.
+const READY_TIMEOUTS: [Duration; 2] = [Duration::from_secs(30), Duration::from_secs(90)];
 const STDERR_TAIL_LINES: usize = 40;
 const MAX_REDIRECTS: usize = 10;
 
@@ -189,6 +192,21 @@ impl OidcProvider {
 
     fn start_blocking(access_ttl_secs: u64) -> OidcProvider {
         ensure_installed();
+        for timeout in READY_TIMEOUTS {
+            match Self::start_once(access_ttl_secs, timeout) {
+                Some(server) => return server,
+                None => eprintln!("oidc-provider: no ready line within {timeout:?}; killed"),
+            }
+        }
+        panic!(
+            "oidc-provider: no ready line in {} tries",
+            READY_TIMEOUTS.len()
+        )
+    }
+
+    /// One start: the server, or `None` if it printed no ready line within `timeout` (it is
+    /// killed then). Any other failure panics with the server's stderr.
+    fn start_once(access_ttl_secs: u64, timeout: Duration) -> Option<OidcProvider> {
         let dir = server_dir();
         let mut child = Command::new("node")
             .arg("server.mjs")
@@ -247,7 +265,7 @@ impl OidcProvider {
             )
         };
 
-        let line = match ready_rx.recv_timeout(READY_TIMEOUT) {
+        let line = match ready_rx.recv_timeout(timeout) {
             Ok(Some(Ok(line))) => line,
             Ok(Some(Err(err))) => fail(child, stderr_reader, format!("reading stdout: {err}")),
             Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => fail(
@@ -255,11 +273,15 @@ impl OidcProvider {
                 stderr_reader,
                 "exited before printing its ready line".into(),
             ),
-            Err(mpsc::RecvTimeoutError::Timeout) => fail(
-                child,
-                stderr_reader,
-                format!("no ready line within {READY_TIMEOUT:?}"),
-            ),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = stderr_reader.join();
+                let tail = stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+                let tail: Vec<&str> = tail.iter().map(String::as_str).collect();
+                eprintln!("oidc-provider: stderr tail:\n{}", tail.join("\n"));
+                return None;
+            }
         };
         let ready = serde_json::from_str::<Value>(&line).unwrap_or_default();
         let loopback = |name: &str| {
@@ -282,14 +304,14 @@ impl OidcProvider {
             .no_proxy()
             .build()
             .expect("reqwest client");
-        OidcProvider {
+        Some(OidcProvider {
             issuer,
             resource_server,
             child,
             _stdin: stdin,
             stderr_tail,
             http,
-        }
+        })
     }
 
     /// `{issuer}/token`.
