@@ -55,8 +55,16 @@ impl RedisServer {
             .spawn()
             .expect("redis-server on PATH (.ci/run installs it: apt-get install redis-server)");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // It starts in milliseconds; the bound is for a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(exited) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("redis-server exited at start ({exited}): see its output above");
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
