@@ -322,7 +322,6 @@ impl TokenCell {
     async fn revoke(&self, revocation: Option<&Revocation>) -> Result<(), RevocationError> {
         let (older, refresh_token, removed) = {
             let mut slot = self.lock_slot();
-            slot.sign_out_pending = false;
             // Grants signed out before a sign-in (that may have been signed out in turn).
             let mut set_apart = std::mem::take(&mut slot.revoke_later);
             if slot.signed_out {
@@ -417,9 +416,10 @@ impl TokenCell {
     ) -> Result<TokenUpdate, RefreshError> {
         let token = self.install(slot, &set, Instant::now())?;
         let previous = slot.refresh_token.clone();
-        if slot.signed_out && slot.sign_out_pending {
-            // A sign-in before the sign-out's flight ran: the signed-out grant's refresh
-            // token is not this sign-in's, and is revoked all the same.
+        if slot.signed_out {
+            // A sign-in before the sign-out's flight ran (which takes the refresh token out
+            // of the slot): the signed-out grant's refresh token is not this sign-in's, and
+            // is revoked all the same.
             slot.revoke_later.extend(slot.refresh_token.take());
         }
         let mut update = TokenUpdate::new(set.refresh_token.clone().or(slot.refresh_token.clone()));

@@ -162,8 +162,6 @@ struct Slot {
     /// Signed out, and no tokens installed since: no request gets a token, no refresh starts,
     /// and a refresh that was running when it happened installs nothing.
     signed_out: bool,
-    /// A sign-out's flight has yet to run.
-    sign_out_pending: bool,
     /// The signed-out grants' refresh tokens, set apart when a sign-in installs its tokens
     /// before the sign-out's flight runs: that flight revokes them all the same.
     revoke_later: Vec<RefreshToken>,
@@ -659,7 +657,6 @@ impl TokenCell {
             slot.signed_out = true;
             // A refresh running now sees the generation move: it installs nothing.
             slot.last_generation += 1;
-            slot.sign_out_pending = true;
             slot.last_error = Some(self.signed_out_error());
             self.update_snapshot(|s| {
                 s.token = None;
