@@ -379,15 +379,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `reqwest` | yes | `RefreshLayer` as a `reqwest_middleware::Middleware`, and reqwest (rustls) as the grants' HTTP client for the token endpoint |
-// Items of a feature that is off are named, not linked.
-#![cfg_attr(
-    feature = "jwt-signing",
-    doc = "| `jwt-signing` | yes | built-in ES256 and RS256 keys ([`oauth::Es256Key`], [`oauth::Rs256Key`]) for `private_key_jwt` client authentication, on aws-lc-rs, which rustls already builds; without it, [`oauth::PrivateKeyJwt`] takes a [`oauth::JwsSigner`] of the application's |"
-)]
-#![cfg_attr(
-    not(feature = "jwt-signing"),
-    doc = "| `jwt-signing` | yes | built-in ES256 and RS256 keys (`oauth::Es256Key`, `oauth::Rs256Key`) for `private_key_jwt` client authentication, on aws-lc-rs, which rustls already builds; without it, [`oauth::PrivateKeyJwt`] takes a [`oauth::JwsSigner`] of the application's |"
-)]
+//! | `jwt-signing` | yes | built-in ES256 and RS256 keys (`oauth::Es256Key`, `oauth::Rs256Key`) for `private_key_jwt` client authentication, on aws-lc-rs, which rustls already builds; without it, [`oauth::PrivateKeyJwt`] takes a [`oauth::JwsSigner`] of the application's |
 //! | `metrics` | no | counters and histograms of token requests, refreshes, resends, `ReauthRequired` and persistence failures, through the `metrics` facade, listed in the `metrics` module |
 //! | `store` | no | the shared second level for many replicas: the `store::TokenStore` trait, and entries sealed with AES-256-GCM (aws-lc-rs) under a rotatable `store::Keyring`; `store::SharedSource` (and `store::SharedFactory` for a keyed layer) refreshes through it, one replica at a time |
 //! | `redis` | no | `store::RedisStore`, the shared store on Redis (the `redis` crate's tokio connection manager) |
